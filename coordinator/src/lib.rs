@@ -1,1 +1,21 @@
-//! helix-coordinator
+//! The Helix coordinator: holds the cluster CA and the durable store, accepts agents
+//! and admins over mutual-TLS QUIC, and (in later layers) schedules build jobs.
+//!
+//! Reading order:
+//! - [`datadir`]: [`datadir::DataDir`], what lives where on disk.
+//! - [`init`]: `helix-coordinator init`, creating the CA, certificates and store.
+//! - [`store`]: [`store::Store`], the redb database (agents, join tokens).
+//! - [`server`]: [`server::Server`], the QUIC listener and role dispatch.
+//! - [`agent_session`]: enrolment and the agent control stream.
+//! - [`admin`]: admin requests.
+//! - [`client`]: [`client::AdminClient`], the admin CLI's side.
+//! - [`clock`]: the one place the wall clock is read.
+
+mod admin;
+mod agent_session;
+pub mod client;
+pub mod clock;
+pub mod datadir;
+pub mod init;
+pub mod server;
+pub mod store;

@@ -1,0 +1,468 @@
+//! The agent protocol: enrolment on a certificate-less connection, and the long-lived
+//! session of an enrolled agent on its control stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use helix_protocol::wire::{
+    close, AgentToCoordinator, CoordinatorToAgent, RejectCode, PROTOCOL_VERSION,
+};
+use helix_protocol::{AgentId, AgentState, Platform};
+use helix_transport::framed::{self, StreamError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::clock::now;
+use crate::server::{first_frame, garbage_reason, refuse, FirstFrame, SessionHandle, Shared};
+use crate::store::{AgentRecord, StoreError};
+use helix_protocol::JoinToken;
+
+/// Longest join token, agent name or label we look at; anything longer is refused
+/// before parsing.
+const MAX_SHORT_FIELD: usize = 256;
+/// Most platforms and labels an agent may advertise.
+const MAX_ADVERTISED: usize = 64;
+/// Outbound messages queued for one agent before the sender waits.
+const SESSION_QUEUE: usize = 64;
+
+/// A connection without a client certificate: it may only join with a token.
+pub(crate) async fn serve_join(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    _cancel: CancellationToken,
+) {
+    let remote = conn.remote_address();
+    let (mut send, _recv, frame) = match first_frame(&conn).await {
+        Ok(x) => x,
+        Err(e) => {
+            info!(%remote, "anonymous connection ended before its first frame: {e}");
+            conn.close(close::PROTOCOL_ERROR.into(), b"no request");
+            return;
+        }
+    };
+    let join = match frame {
+        FirstFrame::Agent(AgentToCoordinator::Join {
+            protocol_version,
+            token,
+            name,
+            csr_der,
+        }) => (protocol_version, token, name, csr_der),
+        FirstFrame::Agent(_) => {
+            let reason = "a client certificate is required for the agent protocol: enrol this agent first with `helix-agent join`";
+            info!(%remote, "refused: {reason}");
+            refuse(&mut send, RejectCode::Unauthenticated, reason).await;
+            conn.close(close::UNAUTHORIZED.into(), b"client certificate required");
+            return;
+        }
+        FirstFrame::Admin(_) => {
+            let reason = "a client certificate is required for the admin protocol: pass the admin bundle with --admin-cert";
+            info!(%remote, "refused: {reason}");
+            refuse(&mut send, RejectCode::Unauthenticated, reason).await;
+            conn.close(close::UNAUTHORIZED.into(), b"client certificate required");
+            return;
+        }
+        FirstFrame::Garbage(e) => {
+            let reason = garbage_reason(&e);
+            info!(%remote, "refused: {reason}");
+            refuse(&mut send, RejectCode::BadRequest, &reason).await;
+            conn.close(close::PROTOCOL_ERROR.into(), b"protocol error");
+            return;
+        }
+    };
+    let (protocol_version, token, name, csr_der) = join;
+    match enroll(&shared, protocol_version, &token, &name, &csr_der).await {
+        Ok(reply) => {
+            let agent_id = match &reply {
+                CoordinatorToAgent::Joined { agent_id, .. } => Some(*agent_id),
+                _ => None,
+            };
+            info!(%remote, agent = ?agent_id, %name, "agent enrolled");
+            if framed::write_frame(&mut send, &reply).await.is_ok() {
+                let _ = send.finish();
+            }
+            // Let the agent read the reply and close; do not hold the connection.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        }
+        Err((code, reason)) => {
+            info!(%remote, %name, "join refused: {reason}");
+            refuse(&mut send, code, &reason).await;
+            let close_code = if code == RejectCode::VersionMismatch {
+                close::VERSION_MISMATCH
+            } else {
+                close::UNAUTHORIZED
+            };
+            conn.close(close_code.into(), b"join refused");
+        }
+    }
+}
+
+async fn enroll(
+    shared: &Arc<Shared>,
+    protocol_version: u32,
+    token: &str,
+    name: &str,
+    csr_der: &[u8],
+) -> Result<CoordinatorToAgent, (RejectCode, String)> {
+    if protocol_version != PROTOCOL_VERSION {
+        return Err((
+            RejectCode::VersionMismatch,
+            version_mismatch("agent", protocol_version),
+        ));
+    }
+    if token.len() > MAX_SHORT_FIELD {
+        return Err((
+            RejectCode::InvalidToken,
+            "malformed join token: it is too long".into(),
+        ));
+    }
+    let token: JoinToken =
+        token
+            .parse()
+            .map_err(|e: helix_protocol::token::TokenFormatError| {
+                (RejectCode::InvalidToken, e.to_string())
+            })?;
+    if token.ca_hash != shared.ca.fingerprint() {
+        return Err((
+            RejectCode::InvalidToken,
+            "the join token was made for another cluster CA than this coordinator's".into(),
+        ));
+    }
+    helix_protocol::identity::validate_admin_name(name)
+        .map_err(|e| (RejectCode::BadRequest, format!("invalid agent --name: {e}")))?;
+    let agent_id = AgentId::new_v4();
+    let cert_pem = shared
+        .ca
+        .sign_agent_csr(
+            csr_der,
+            &shared.cluster,
+            agent_id.0,
+            shared.opts.agent_cert_ttl,
+        )
+        .map_err(|e| {
+            (
+                RejectCode::BadRequest,
+                format!("the certificate request was refused: {e}"),
+            )
+        })?;
+    let record = AgentRecord {
+        id: agent_id,
+        name: name.to_string(),
+        state: AgentState::Ready,
+        enrolled_at: now(),
+        platforms: Vec::new(),
+        capacity: 0,
+        labels: BTreeMap::new(),
+        version: String::new(),
+        builder: String::new(),
+        last_seen: None,
+    };
+    let hash = token.secret_hash();
+    shared
+        .store
+        .run(move |s| s.enroll(hash, now(), &record))
+        .await
+        .map_err(|e| match e {
+            StoreError::Token(refusal) => (RejectCode::InvalidToken, refusal.to_string()),
+            other => {
+                warn!("enrolment failed in the store: {other}");
+                (
+                    RejectCode::Internal,
+                    "the coordinator could not record the enrolment; try again".to_string(),
+                )
+            }
+        })?;
+    Ok(CoordinatorToAgent::Joined {
+        agent_id,
+        cluster: shared.cluster.clone(),
+        cert_pem,
+        ca_pem: shared.ca.cert_pem().to_string(),
+    })
+}
+
+pub(crate) fn version_mismatch(peer: &str, theirs: u32) -> String {
+    format!(
+        "the {peer} speaks protocol version {theirs}, this coordinator speaks {PROTOCOL_VERSION}: upgrade the older side"
+    )
+}
+
+/// What an agent advertised in its `Hello`, checked.
+struct Advertised {
+    agent_version: String,
+    platforms: Vec<Platform>,
+    capacity: u32,
+    labels: BTreeMap<String, String>,
+    builder: String,
+}
+
+fn check_hello(msg: AgentToCoordinator) -> Result<Advertised, (RejectCode, String, u32)> {
+    let AgentToCoordinator::Hello {
+        protocol_version,
+        agent_version,
+        platforms,
+        capacity,
+        labels,
+        builder,
+        held: _,
+    } = msg
+    else {
+        return Err((
+            RejectCode::BadRequest,
+            "the first message of an agent session must be Hello".into(),
+            close::PROTOCOL_ERROR,
+        ));
+    };
+    if protocol_version != PROTOCOL_VERSION {
+        return Err((
+            RejectCode::VersionMismatch,
+            version_mismatch("agent", protocol_version),
+            close::VERSION_MISMATCH,
+        ));
+    }
+    let bad = |reason: String| (RejectCode::BadRequest, reason, close::PROTOCOL_ERROR);
+    if platforms.is_empty() || platforms.len() > MAX_ADVERTISED {
+        return Err(bad(format!(
+            "an agent advertises 1 to {MAX_ADVERTISED} platforms"
+        )));
+    }
+    if labels.len() > MAX_ADVERTISED
+        || labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > MAX_SHORT_FIELD || v.len() > MAX_SHORT_FIELD)
+    {
+        return Err(bad(format!(
+            "an agent has at most {MAX_ADVERTISED} labels, with keys of 1 to {MAX_SHORT_FIELD} bytes"
+        )));
+    }
+    if agent_version.len() > MAX_SHORT_FIELD || builder.len() > MAX_SHORT_FIELD {
+        return Err(bad("the agent version or builder name is too long".into()));
+    }
+    Ok(Advertised {
+        agent_version,
+        platforms,
+        capacity,
+        labels,
+        builder,
+    })
+}
+
+/// An enrolled agent's connection.
+pub(crate) async fn serve(
+    conn: quinn::Connection,
+    id: AgentId,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("agent", agent = %id, remote = %conn.remote_address());
+    serve_inner(conn, id, shared, cancel).instrument(span).await;
+}
+
+async fn serve_inner(
+    conn: quinn::Connection,
+    id: AgentId,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let (mut send, mut recv, frame) = match first_frame(&conn).await {
+        Ok(x) => x,
+        Err(e) => {
+            info!("agent connection ended before Hello: {e}");
+            conn.close(close::PROTOCOL_ERROR.into(), b"no hello");
+            return;
+        }
+    };
+    let record = match shared.store.run(move |s| s.agent(id)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            refuse(
+                &mut send,
+                RejectCode::WrongRole,
+                "this agent is not enrolled in this cluster: join it again",
+            )
+            .await;
+            conn.close(close::UNAUTHORIZED.into(), b"unknown agent");
+            return;
+        }
+        Err(e) => {
+            warn!("cannot read the agent registry: {e}");
+            refuse(
+                &mut send,
+                RejectCode::Internal,
+                "the coordinator cannot read its store; try again",
+            )
+            .await;
+            conn.close(close::GOING_AWAY.into(), b"internal error");
+            return;
+        }
+    };
+    if record.state == AgentState::Revoked {
+        info!("refused a revoked agent");
+        refuse(
+            &mut send,
+            RejectCode::Revoked,
+            "this agent has been revoked; enrol it again with a new join token",
+        )
+        .await;
+        conn.close(close::REVOKED.into(), b"agent revoked");
+        return;
+    }
+    let hello = match frame {
+        FirstFrame::Agent(msg) => check_hello(msg),
+        FirstFrame::Admin(_) => Err((
+            RejectCode::WrongRole,
+            "an agent certificate can only speak the agent protocol, not admin requests".into(),
+            close::UNAUTHORIZED,
+        )),
+        FirstFrame::Garbage(e) => Err((
+            RejectCode::BadRequest,
+            garbage_reason(&e),
+            close::PROTOCOL_ERROR,
+        )),
+    };
+    let adv = match hello {
+        Ok(adv) => adv,
+        Err((code, reason, close_code)) => {
+            info!("refused: {reason}");
+            refuse(&mut send, code, &reason).await;
+            conn.close(close_code.into(), b"refused");
+            return;
+        }
+    };
+    let platforms: Vec<String> = adv.platforms.iter().map(|p| p.to_string()).collect();
+    let updated = shared
+        .store
+        .run(move |s| {
+            s.update_agent(id, |r| {
+                r.platforms = adv.platforms;
+                r.capacity = adv.capacity;
+                r.labels = adv.labels;
+                r.version = adv.agent_version;
+                r.builder = adv.builder;
+                r.last_seen = Some(now());
+            })
+        })
+        .await;
+    if let Err(e) = updated {
+        warn!("cannot record the agent's Hello: {e}");
+        refuse(
+            &mut send,
+            RejectCode::Internal,
+            "the coordinator cannot write its store; try again",
+        )
+        .await;
+        conn.close(close::GOING_AWAY.into(), b"internal error");
+        return;
+    }
+
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let session = shared.next_session_id();
+    let replaced = shared
+        .sessions
+        .lock()
+        .expect("sessions lock poisoned")
+        .insert(
+            id,
+            SessionHandle {
+                session,
+                conn: conn.clone(),
+                tx,
+            },
+        );
+    if let Some(old) = replaced {
+        old.conn
+            .close(close::REPLACED.into(), b"replaced by a newer connection");
+    }
+    info!(platforms = %platforms.join(","), "agent connected");
+
+    let welcome = CoordinatorToAgent::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_id: id,
+    };
+    let outcome = match framed::write_frame(&mut send, &welcome).await {
+        Ok(()) => session_loop(&conn, id, &shared, &cancel, &mut send, &mut recv, &mut rx).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(reason) => info!("agent session ended: {reason}"),
+        Err(e) => info!("agent session lost: {e}"),
+    }
+
+    // Forget the session only if a newer connection has not replaced it.
+    {
+        let mut sessions = shared.sessions.lock().expect("sessions lock poisoned");
+        if sessions.get(&id).is_some_and(|h| h.session == session) {
+            sessions.remove(&id);
+        }
+    }
+    let _ = shared
+        .store
+        .run(move |s| s.update_agent(id, |r| r.last_seen = Some(now())))
+        .await;
+}
+
+async fn session_loop(
+    conn: &quinn::Connection,
+    id: AgentId,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    rx: &mut mpsc::Receiver<CoordinatorToAgent>,
+) -> Result<&'static str, StreamError> {
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                conn.close(close::GOING_AWAY.into(), b"coordinator shutting down");
+                return Ok("coordinator shutting down");
+            }
+            out = rx.recv() => {
+                let Some(msg) = out else { return Ok("session closed") };
+                framed::write_frame(send, &msg).await?;
+            }
+            frame = framed::read_frame::<AgentToCoordinator>(recv) => {
+                let Some(msg) = frame? else {
+                    return Ok("agent closed the control stream");
+                };
+                match msg {
+                    AgentToCoordinator::GoingAway { reason } => {
+                        info!(%reason, "agent going away");
+                        conn.close(close::NORMAL.into(), b"bye");
+                        return Ok("agent went away");
+                    }
+                    AgentToCoordinator::RenewCertificate { csr_der } => {
+                        let reply = match shared.ca.sign_agent_csr(&csr_der, &shared.cluster, id.0, shared.opts.agent_cert_ttl) {
+                            Ok(cert_pem) => {
+                                info!("renewed the agent's certificate");
+                                CoordinatorToAgent::CertificateRenewed { cert_pem }
+                            }
+                            Err(e) => CoordinatorToAgent::Rejected {
+                                code: RejectCode::BadRequest,
+                                reason: format!("the certificate request was refused: {e}"),
+                            },
+                        };
+                        framed::write_frame(send, &reply).await?;
+                    }
+                    AgentToCoordinator::Hello { .. } | AgentToCoordinator::Join { .. } => {
+                        let reply = CoordinatorToAgent::Rejected {
+                            code: RejectCode::BadRequest,
+                            reason: "Hello and Join are only valid as the first message".into(),
+                        };
+                        framed::write_frame(send, &reply).await?;
+                    }
+                    AgentToCoordinator::Accepted { job, attempt }
+                    | AgentToCoordinator::Started { job, attempt }
+                    | AgentToCoordinator::Finished { job, attempt, .. } => {
+                        // This coordinator assigns no jobs yet, so any report is stale.
+                        info!(%job, attempt, "ignored a report for a job this coordinator did not assign");
+                    }
+                }
+            }
+            reason = conn.closed() => {
+                return Err(StreamError::Connection(reason));
+            }
+        }
+    }
+}

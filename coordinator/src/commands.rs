@@ -1,0 +1,270 @@
+//! What each subcommand does.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use helix_coordinator::client::{AdminClient, ClientError};
+use helix_coordinator::datadir::DataDir;
+use helix_coordinator::init::{init, InitError};
+use helix_coordinator::server::{ServeOptions, Server};
+use helix_protocol::wire::{AdminRequest, AdminResponse, RejectCode};
+use helix_protocol::{AgentAction, AgentInfo};
+use helix_transport::files::AdminBundle;
+
+use crate::cli::{AgentArg, AgentsCommand, Cli, Command, Global, ServeArgs, TokenCommand};
+
+/// An error in what the user asked for (exit code 2), as opposed to a failure to do it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub String);
+
+pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    if let Some(InitError::AlreadyInitialized(_) | InitError::Cluster(_)) =
+        e.downcast_ref::<InitError>()
+    {
+        return 2;
+    }
+    if let Some(ClientError::Refused { code, .. }) = e.downcast_ref::<ClientError>() {
+        if matches!(
+            code,
+            RejectCode::BadRequest | RejectCode::NotFound | RejectCode::Conflict
+        ) {
+            return 2;
+        }
+    }
+    1
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(args) => {
+            let dir = DataDir::new(&g.data_dir);
+            let made = init(&dir, &args.cluster, &args.sans)?;
+            eprintln!(
+                "Initialized cluster {:?} in {}",
+                made.cluster,
+                dir.root().display()
+            );
+            eprintln!("  CA fingerprint (sha256): {}", made.ca_fingerprint);
+            eprintln!("  server certificate names: {}", made.sans.join(", "));
+            eprintln!("  admin bundle: {}", dir.admin_bundle().display());
+            eprintln!(
+                "Next: helix-coordinator serve --data-dir {}",
+                dir.root().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => serve(g, args).await,
+        Command::Token(TokenCommand::Create { ttl, uses }) => {
+            let client = connect(g).await?;
+            let resp = client
+                .request(AdminRequest::CreateToken {
+                    ttl_secs: ttl.as_secs(),
+                    uses,
+                })
+                .await;
+            client.close().await;
+            match resp? {
+                AdminResponse::Token { token, uses, .. } => {
+                    eprintln!(
+                        "Join token valid for {} and {uses} use(s). On the agent host run:\n  helix-agent join --coordinator {} --token <TOKEN>",
+                        humantime::format_duration(ttl),
+                        g.coordinator
+                    );
+                    println!("{token}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => bail!("unexpected reply: {other:?}"),
+            }
+        }
+        Command::Agents(cmd) => agents(g, cmd).await,
+    }
+}
+
+async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = ServeOptions::new(DataDir::new(&g.data_dir), args.listen);
+    opts.agent_cert_ttl = args.agent_cert_ttl;
+    opts.idle_timeout = args.idle_timeout;
+    let server = Server::spawn(opts).await?;
+    eprintln!("helix-coordinator listening on {}", server.local_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(g: &Global) -> anyhow::Result<AdminClient> {
+    let bundle_path = g
+        .admin_cert
+        .clone()
+        .unwrap_or_else(|| DataDir::new(&g.data_dir).admin_bundle());
+    let bundle = AdminBundle::load(&bundle_path).map_err(|e| {
+        UsageError(format!(
+            "cannot load the admin certificate bundle: {e} (pass --admin-cert FILE or set HELIX_ADMIN_CERT)"
+        ))
+    })?;
+    Ok(AdminClient::connect(&g.coordinator, &bundle).await?)
+}
+
+async fn agents(g: &Global, cmd: AgentsCommand) -> anyhow::Result<ExitCode> {
+    let client = connect(g).await?;
+    let result = agents_inner(&client, cmd).await;
+    client.close().await;
+    result
+}
+
+async fn list_agents(client: &AdminClient) -> anyhow::Result<Vec<AgentInfo>> {
+    match client.request(AdminRequest::ListAgents).await? {
+        AdminResponse::Agents(list) => Ok(list),
+        other => bail!("unexpected reply: {other:?}"),
+    }
+}
+
+async fn agents_inner(client: &AdminClient, cmd: AgentsCommand) -> anyhow::Result<ExitCode> {
+    let (arg, action): (AgentArg, AgentAction) = match cmd {
+        AgentsCommand::List { json } => {
+            let list = list_agents(client).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_agents(&list);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        AgentsCommand::Cordon(a) => (a, AgentAction::Cordon),
+        AgentsCommand::Uncordon(a) => (a, AgentAction::Uncordon),
+        AgentsCommand::Drain(a) => (a, AgentAction::Drain),
+        AgentsCommand::Revoke(a) => (a, AgentAction::Revoke),
+    };
+    let list = list_agents(client).await?;
+    let agent = resolve_agent(&list, &arg.agent)?;
+    match client
+        .request(AdminRequest::UpdateAgent {
+            agent: agent.id,
+            action,
+        })
+        .await?
+    {
+        AdminResponse::Agent(info) => {
+            if arg.json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("agent {} ({}) is now {}", info.name, info.id, info.state);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected reply: {other:?}"),
+    }
+}
+
+/// Find an agent by exact id, exact name, or unique id prefix.
+fn resolve_agent<'a>(list: &'a [AgentInfo], key: &str) -> Result<&'a AgentInfo, UsageError> {
+    if let Some(a) = list.iter().find(|a| a.id.to_string() == key) {
+        return Ok(a);
+    }
+    let by_name: Vec<&AgentInfo> = list.iter().filter(|a| a.name == key).collect();
+    if let [one] = by_name.as_slice() {
+        return Ok(one);
+    }
+    if by_name.len() > 1 {
+        return Err(UsageError(format!(
+            "{} agents are named {key:?}: use the agent id",
+            by_name.len()
+        )));
+    }
+    let by_prefix: Vec<&AgentInfo> = list
+        .iter()
+        .filter(|a| a.id.to_string().starts_with(key))
+        .collect();
+    match by_prefix.as_slice() {
+        [one] => Ok(one),
+        [] => Err(UsageError(format!(
+            "no agent has the id or name {key:?} (see `helix-coordinator agents list`)"
+        ))),
+        many => Err(UsageError(format!(
+            "{key:?} matches {} agents: give more of the id",
+            many.len()
+        ))),
+    }
+}
+
+fn print_agents(list: &[AgentInfo]) {
+    if list.is_empty() {
+        eprintln!(
+            "No agents are enrolled. Create a join token with `helix-coordinator token create`."
+        );
+        return;
+    }
+    let now = helix_coordinator::clock::now();
+    let rows: Vec<[String; 8]> = list
+        .iter()
+        .map(|a| {
+            let seen = if a.connected {
+                "now".to_string()
+            } else {
+                match a.last_seen {
+                    Some(t) => format!(
+                        "{} ago",
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            now.saturating_since(t).as_secs()
+                        ))
+                    ),
+                    None => "never".to_string(),
+                }
+            };
+            [
+                a.id.to_string()[..8].to_string(),
+                a.name.clone(),
+                a.state.to_string(),
+                if a.connected { "yes" } else { "no" }.to_string(),
+                a.platforms
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                a.capacity.to_string(),
+                a.builder.clone(),
+                seen,
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "NAME",
+        "STATE",
+        "CONNECTED",
+        "PLATFORMS",
+        "SLOTS",
+        "BUILDER",
+        "LAST SEEN",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.to_vec()));
+    for r in &rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}

@@ -1,0 +1,57 @@
+//! The coordinator's data directory: what lives where.
+//!
+//! ```text
+//! DATA_DIR/            0700
+//!   ca.pem             cluster CA certificate (public; agents pin its sha256)
+//!   ca.key             cluster CA key, 0600; never leaves this host
+//!   server.pem/.key    the coordinator's TLS certificate and key (0600)
+//!   admin.pem          admin bundle: admin certificate, CA, key (0600)
+//!   helix.redb         the store
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Paths inside one data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    pub fn admin_bundle(&self) -> PathBuf {
+        self.root.join("admin.pem")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("helix.redb")
+    }
+
+    /// Whether `init` has run here (the store exists).
+    pub fn is_initialized(&self) -> bool {
+        self.database().exists() || self.ca_key().exists()
+    }
+
+    /// Create the directory with mode 0700 (or tighten an empty existing one).
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+    }
+}

@@ -1,0 +1,326 @@
+//! The coordinator's QUIC listener: accepts connections, derives each peer's role from
+//! its certificate, and hands the connection to the agent or admin protocol.
+//!
+//! Roles come only from [`Identity::from_uri_sans`] over the verified client
+//! certificate. A connection without a certificate may only join with a token.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use helix_protocol::codec;
+use helix_protocol::wire::{
+    close, AdminRequest, AgentToCoordinator, CoordinatorToAgent, RejectCode,
+};
+use helix_protocol::{AgentId, Identity};
+use helix_transport::files::{read_public, read_secret, FileError};
+use helix_transport::framed::{self, StreamError};
+use helix_transport::pki::{ClusterCa, PkiError};
+use helix_transport::tls::{self, TlsError};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::datadir::DataDir;
+use crate::store::{Store, StoreError};
+use crate::{admin, agent_session};
+
+/// How a coordinator serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: DataDir,
+    pub listen: SocketAddr,
+    /// Lifetime of the certificates issued to agents at join and renewal.
+    pub agent_cert_ttl: Duration,
+    /// A connection silent this long is dead (keep-alives are sent at a third of it).
+    pub idle_timeout: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(data_dir: DataDir, listen: SocketAddr) -> ServeOptions {
+        ServeOptions {
+            data_dir,
+            listen,
+            agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
+            idle_timeout: tls::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("{0} is not initialized: run `helix-coordinator init --data-dir {0}` first")]
+    NotInitialized(String),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A live agent session, as the rest of the coordinator reaches it.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    /// Tells one connection of an agent from a newer one that replaced it.
+    pub(crate) session: u64,
+    pub(crate) conn: quinn::Connection,
+    #[allow(dead_code)] // Used by the scheduler to send assignments.
+    pub(crate) tx: mpsc::Sender<CoordinatorToAgent>,
+}
+
+/// State shared by every connection task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) ca: ClusterCa,
+    pub(crate) cluster: String,
+    pub(crate) opts: ServeOptions,
+    pub(crate) sessions: Mutex<HashMap<AgentId, SessionHandle>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn connected(&self, id: AgentId) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock poisoned")
+            .contains_key(&id)
+    }
+}
+
+/// A running coordinator. Dropping it without [`Server::shutdown`] aborts it.
+#[must_use = "a Server stops when dropped; call shutdown() to stop it cleanly"]
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Open the store, load the keys, bind the listener and start accepting.
+    pub async fn spawn(opts: ServeOptions) -> Result<Server, ServeError> {
+        let dir = &opts.data_dir;
+        if !dir.database().exists() {
+            return Err(ServeError::NotInitialized(dir.root().display().to_string()));
+        }
+        // Keys are refused if others can read them: a leaked CA key is a lost cluster.
+        let ca_key = read_secret(&dir.ca_key())?;
+        let server_key = read_secret(&dir.server_key())?;
+        let ca_pem = read_public(&dir.ca_cert())?;
+        let server_pem = read_public(&dir.server_cert())?;
+        let ca = ClusterCa::from_pem(&ca_pem, &ca_key)?;
+        let store_path = dir.database();
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let cluster = store.cluster()?;
+
+        let tls = tls::server_config(&ca_pem, &server_pem, &server_key)?;
+        let quic = tls::quinn_server_config(tls, opts.idle_timeout)?;
+        let endpoint =
+            quinn::Endpoint::server(quic, opts.listen).map_err(|source| ServeError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| ServeError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+
+        let shared = Arc::new(Shared {
+            store,
+            ca,
+            cluster,
+            opts,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+        });
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(endpoint.clone(), shared, cancel.clone()));
+        info!(%local_addr, "coordinator listening");
+        Ok(Server {
+            local_addr,
+            endpoint,
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stop accepting, close every connection with a going-away code, wait for the
+    /// connection tasks, and let the endpoint drain so peers see a clean close.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.endpoint
+            .close(close::GOING_AWAY.into(), b"coordinator shutting down");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            Some(res) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = res {
+                    if e.is_panic() {
+                        warn!("a connection task panicked: {e}");
+                    }
+                }
+            }
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                conns.spawn(handle_connection(incoming, shared.clone(), cancel.child_token()));
+            }
+        }
+    }
+    // Tell every peer why it is being closed, then wait for the tasks to notice.
+    endpoint.close(close::GOING_AWAY.into(), b"coordinator shutting down");
+    while conns.join_next().await.is_some() {}
+}
+
+/// How long a peer may take to send its first frame.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn handle_connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // A foreign or expired client certificate ends here, in the handshake.
+            info!(%remote, "TLS handshake failed: {e}");
+            return;
+        }
+    };
+    let uris = tls::peer_identity_uris(&conn);
+    if uris.is_empty() {
+        agent_session::serve_join(conn, shared, cancel).await;
+        return;
+    }
+    let identity = match Identity::from_uri_sans(&uris, &shared.cluster) {
+        Ok(id) => id,
+        Err(e) => {
+            info!(%remote, "refused a certificate: {e}");
+            refuse_first_stream(
+                &conn,
+                RejectCode::WrongRole,
+                &format!("certificate refused: {e}"),
+            )
+            .await;
+            conn.close(close::UNAUTHORIZED.into(), b"certificate refused");
+            return;
+        }
+    };
+    debug!(%remote, %identity, "connection");
+    match identity {
+        Identity::Agent { id, .. } => agent_session::serve(conn, id, shared, cancel).await,
+        Identity::Admin { name, .. } => admin::serve(conn, name, shared, cancel).await,
+    }
+}
+
+/// The first frame of a connection, told apart by which protocol it decodes as, so a
+/// peer that speaks the wrong protocol for its certificate gets a precise refusal.
+#[derive(Debug)]
+pub(crate) enum FirstFrame {
+    Agent(AgentToCoordinator),
+    Admin(AdminRequest),
+    Garbage(String),
+}
+
+/// Accept the connection's first bidirectional stream and read its first frame.
+pub(crate) async fn first_frame(
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream, FirstFrame), StreamError> {
+    let accept = async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let payload = framed::read_payload(&mut recv).await;
+        Ok::<_, StreamError>((send, recv, payload))
+    };
+    let (send, recv, payload) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, accept)
+        .await
+        .map_err(|_| StreamError::Timeout(FIRST_FRAME_TIMEOUT))??;
+    let frame = match payload {
+        Err(StreamError::Frame(e)) => FirstFrame::Garbage(e.to_string()),
+        Err(e) => return Err(e),
+        Ok(None) => return Err(StreamError::Closed),
+        Ok(Some(payload)) => classify(&payload),
+    };
+    Ok((send, recv, frame))
+}
+
+fn classify(payload: &[u8]) -> FirstFrame {
+    match codec::decode_payload::<AgentToCoordinator>(payload) {
+        Ok(m) => FirstFrame::Agent(m),
+        Err(agent_err) => match codec::decode_payload::<AdminRequest>(payload) {
+            Ok(m) => FirstFrame::Admin(m),
+            Err(_) => FirstFrame::Garbage(agent_err.to_string()),
+        },
+    }
+}
+
+/// Send a refusal on a stream. Variant 1 of both response enums is the refusal with
+/// the same layout (`code`, text), so a client of either protocol can read it.
+pub(crate) async fn refuse(send: &mut quinn::SendStream, code: RejectCode, reason: &str) {
+    let msg = CoordinatorToAgent::Rejected {
+        code,
+        reason: reason.to_string(),
+    };
+    if framed::write_frame(send, &msg).await.is_ok() {
+        let _ = send.finish();
+        // Give the frame a moment to leave before the caller closes the connection.
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+}
+
+/// Refuse a connection on its first stream (when the peer opens one soon).
+async fn refuse_first_stream(conn: &quinn::Connection, code: RejectCode, reason: &str) {
+    if let Ok(Ok((mut send, _recv))) =
+        tokio::time::timeout(Duration::from_secs(2), conn.accept_bi()).await
+    {
+        refuse(&mut send, code, reason).await;
+    }
+}
+
+/// The message for a first frame that is not a frame at all.
+pub(crate) fn garbage_reason(e: &str) -> String {
+    format!("the first frame is not a Helix message ({e})")
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run every Helix test: installs what is missing (Debian, as root), then formatting,
+# lints, and the whole test suite, including end-to-end tests that start real
+# processes (coordinator, agents, a local OCI registry, buildah) on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests use. Keep this list in step with what tests start.
+PACKAGES=(git ca-certificates buildah skopeo docker-registry busybox-static iproute2 openssl)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: these packages are missing and installing them needs root: ${missing[*]}" >&2
+    echo "       run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 2
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is missing: install the Rust toolchain (rustup, with rustfmt and clippy)" >&2; exit 2; }
+done
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
