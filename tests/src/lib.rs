@@ -1,1 +1,348 @@
-//! Test support.
+//! Support for Helix's end-to-end tests: start real `helix-coordinator` and
+//! `helix-agent` processes on loopback with ephemeral ports, each in a temp dir of its
+//! own, with logs captured to files that a failing test prints.
+//!
+//! Every process is a [`Proc`], killed (by its pid) when dropped, so a failing test
+//! never leaves processes behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace's target directory, found from this test binary's path
+/// (`target/<profile>/deps/<test>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Path of a workspace binary, built once per test run so tests never use a stale one.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile = profile_dir();
+        let release = profile.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "helix-coordinator", "-p", "helix-agent"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+    });
+    profile_dir().join(name)
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `timeout` with `what`.
+#[track_caller]
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process whose stderr and stdout go to a log file.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawn `program args` with output appended to `log`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path, envs: &[(&str, &str)]) -> Proc {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let err = out.try_clone().expect("clone log handle");
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Proc { name: name.to_string(), child, log: log.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send a signal to the process by its pid.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY-free: libc::kill is a plain syscall wrapper; a stale pid is harmless
+        // here because we still hold the un-reaped child, so the pid cannot be reused.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Wait up to `timeout` for the process to exit; its exit code (or None).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill9();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- log of {} ({}) -----\n{}", self.name, self.log.display(), self.output());
+        }
+    }
+}
+
+/// The output of a finished command, with helpers for assertions.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    fn from(out: Output) -> Ran {
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panic with both streams unless it exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Ran {
+        assert_eq!(self.code, Some(0), "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Panic unless it failed with `code` and stderr contains `needle`.
+    #[track_caller]
+    pub fn fails_with(self, code: i32, needle: &str) -> Ran {
+        assert_eq!(self.code, Some(code), "unexpected exit code:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert!(self.stderr.contains(needle), "stderr does not contain {needle:?}:\n{}", self.stderr);
+        self
+    }
+}
+
+/// Run a command to completion (bounded by `timeout`, killed after it).
+pub fn run(program: &Path, args: &[String], envs: &[(&str, &str)], timeout: Duration) -> Ran {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "{} {args:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ran::from(child.wait_with_output().expect("wait"))
+}
+
+/// A coordinator: its data dir, and the running process when started.
+#[derive(Debug)]
+pub struct Coordinator {
+    pub dir: PathBuf,
+    pub addr: Option<String>,
+    pub proc: Option<Proc>,
+    log: PathBuf,
+    extra: Vec<String>,
+}
+
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Coordinator {
+    /// `helix-coordinator init` into `root/name`.
+    pub fn init(root: &Path, name: &str, cluster: &str) -> Coordinator {
+        let dir = root.join(name);
+        run(
+            &bin("helix-coordinator"),
+            &s(&["init", "--data-dir", path(&dir), "--cluster", cluster]),
+            &[],
+            CMD_TIMEOUT,
+        )
+        .ok();
+        let log = root.join(format!("{name}.log"));
+        Coordinator { dir, addr: None, proc: None, log, extra: Vec::new() }
+    }
+
+    /// Start `serve` on an ephemeral loopback port (or the port it had, after a
+    /// restart) with `extra` flags, and wait until it listens.
+    pub fn start(&mut self, extra: &[&str]) {
+        self.extra = s(extra);
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let mut args = s(&["serve", "--data-dir", path(&self.dir), "--listen", &listen]);
+        args.extend(self.extra.iter().cloned());
+        let start_len = std::fs::metadata(&self.log).map(|m| m.len() as usize).unwrap_or(0);
+        let proc = Proc::spawn("coordinator", &bin("helix-coordinator"), &args, &self.log, &[]);
+        let log = self.log.clone();
+        let addr = wait_for(Duration::from_secs(15), "the coordinator to listen", || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text.get(start_len..)?.lines().find(|l| l.contains("helix-coordinator listening on "))?.to_string();
+            Some(line.rsplit(' ').next()?.to_string())
+        });
+        self.addr = Some(addr);
+        self.proc = Some(proc);
+    }
+
+    /// `kill -9` the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Start again on the same port, with the same flags.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().expect("coordinator started")
+    }
+
+    pub fn admin_bundle(&self) -> PathBuf {
+        self.dir.join("admin.pem")
+    }
+
+    /// Run an admin subcommand against this coordinator.
+    pub fn admin(&self, args: &[&str]) -> Ran {
+        let mut all = s(args);
+        all.extend(s(&["--coordinator", self.addr(), "--data-dir", path(&self.dir)]));
+        run(&bin("helix-coordinator"), &all, &[], CMD_TIMEOUT)
+    }
+
+    /// A fresh join token.
+    pub fn token(&self, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create"];
+        args.extend_from_slice(extra);
+        self.admin(&args).ok().stdout.trim().to_string()
+    }
+
+    /// `agents list --json`, parsed.
+    pub fn agents(&self) -> Vec<serde_json::Value> {
+        let out = self.admin(&["agents", "list", "--json"]).ok();
+        serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).expect("agents list --json is a JSON array")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// An agent: its data dir and the running process when started.
+#[derive(Debug)]
+pub struct Agent {
+    pub dir: PathBuf,
+    pub name: String,
+    pub proc: Option<Proc>,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn new(root: &Path, name: &str) -> Agent {
+        Agent { dir: root.join(name), name: name.to_string(), proc: None, log: root.join(format!("{name}.log")) }
+    }
+
+    /// `helix-agent join`; the result for the caller to check.
+    pub fn join(&self, coordinator: &str, token: &str) -> Ran {
+        run(
+            &bin("helix-agent"),
+            &s(&["join", "--coordinator", coordinator, "--token", token, "--data-dir", path(&self.dir), "--name", &self.name]),
+            &[],
+            CMD_TIMEOUT,
+        )
+    }
+
+    /// `helix-agent run` in the background with `extra` flags.
+    pub fn start(&mut self, extra: &[&str]) {
+        let mut args = s(&["run", "--data-dir", path(&self.dir)]);
+        args.extend(s(extra));
+        self.proc = Some(Proc::spawn(&self.name, &bin("helix-agent"), &args, &self.log, &[]));
+    }
+
+    pub fn proc(&mut self) -> &mut Proc {
+        self.proc.as_mut().expect("agent started")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's id, from its `agent.json`.
+    pub fn id(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("agent.json")).expect("agent.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("agent.json is JSON");
+        v["agent_id"].as_str().expect("agent_id").to_string()
+    }
+}
+
+pub fn s(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// The agent named `name` in an `agents list --json` result.
+pub fn find_agent<'a>(agents: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    agents.iter().find(|a| a["name"] == name)
+}

@@ -33,7 +33,10 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
 /// How far back a leaf certificate's `notBefore` is set, so that a host whose clock is
-/// a little behind the CA's still accepts a certificate issued a moment ago.
+/// a little behind the CA's still accepts a certificate issued a moment ago. Capped at
+/// a tenth of the lifetime (see `leaf_params`), so an agent that renews at two thirds
+/// of `notAfter - notBefore` renews at about two thirds of the requested lifetime even
+/// for short-lived certificates.
 const LEAF_BACKDATE: time::Duration = time::Duration::minutes(5);
 /// How far back the CA's `notBefore` is set (same reason, more margin: the CA is
 /// created once and used by every host).
@@ -342,7 +345,7 @@ impl ClusterCa {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
-        params.not_before = now - LEAF_BACKDATE;
+        params.not_before = now - LEAF_BACKDATE.min(span / 10);
         params.not_after = not_after;
         params.use_authority_key_identifier_extension = true;
         Ok(params)

@@ -1,0 +1,183 @@
+//! The agent's data directory and what `join` records in it.
+//!
+//! ```text
+//! DIR/            0700
+//!   identity.pem  0600  the agent certificate followed by its private key (one file,
+//!                       replaced atomically, so a renewal never leaves a mismatched pair)
+//!   ca.pem              the cluster CA certificate, pinned by the join token
+//!   agent.json          agent id, cluster, coordinator address, name
+//! ```
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use helix_protocol::AgentId;
+use helix_transport::files::{self, FileError};
+
+/// Why the data directory could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// `run` was pointed at a directory that `join` never filled.
+    #[error("{dir} holds no agent identity: enrol this host first with `helix-agent join --coordinator HOST:PORT --token TOKEN --data-dir {dir}`")]
+    NotJoined { dir: String },
+    /// A file is missing, unreadable, or too open.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A file is there but does not hold what it should.
+    #[error("{path}: {reason}")]
+    Corrupt { path: String, reason: String },
+    /// The directory could not be created or secured.
+    #[error("cannot create the data directory {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What `join` learned and `run` starts from (`agent.json`). The agent's identity is
+/// its certificate; this file only saves looking it up and remembers where to connect.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Enrollment {
+    pub agent_id: AgentId,
+    pub cluster: String,
+    /// The coordinator `HOST:PORT` the agent joined through; `run` connects there
+    /// unless told otherwise.
+    pub coordinator: String,
+    pub name: String,
+}
+
+/// The paths of an agent data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The certificate and private key, one 0600 file.
+    pub fn identity(&self) -> PathBuf {
+        self.root.join("identity.pem")
+    }
+
+    /// The cluster CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+
+    /// The [`Enrollment`] record.
+    pub fn enrollment(&self) -> PathBuf {
+        self.root.join("agent.json")
+    }
+
+    /// Whether `join` has already stored an identity here.
+    pub fn is_joined(&self) -> bool {
+        self.identity().exists()
+    }
+
+    /// Create the directory with mode 0700 if it does not exist. An existing directory
+    /// keeps its mode (it may be shared, like a systemd `StateDirectory`'s parent); the
+    /// key inside is 0600 either way.
+    pub fn create(&self) -> Result<(), DataDirError> {
+        let err = |source| DataDirError::Create {
+            path: self.root.display().to_string(),
+            source,
+        };
+        if self.root.is_dir() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(err)?;
+        // The umask may have narrowed the mode; make it exactly 0700.
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    }
+
+    /// Read `agent.json`; [`DataDirError::NotJoined`] when the directory holds no
+    /// identity at all.
+    pub fn load_enrollment(&self) -> Result<Enrollment, DataDirError> {
+        let path = self.enrollment();
+        if !self.is_joined() && !path.exists() {
+            return Err(DataDirError::NotJoined {
+                dir: self.root.display().to_string(),
+            });
+        }
+        let text = files::read_public(&path)?;
+        serde_json::from_str(&text).map_err(|e| DataDirError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("not a valid agent record: {e}"),
+        })
+    }
+
+    /// Write `agent.json` atomically.
+    pub fn save_enrollment(&self, enrollment: &Enrollment) -> Result<(), DataDirError> {
+        let mut text = serde_json::to_string_pretty(enrollment).map_err(|e| {
+            DataDirError::Corrupt {
+                path: self.enrollment().display().to_string(),
+                reason: format!("cannot encode the agent record: {e}"),
+            }
+        })?;
+        text.push('\n');
+        files::replace_atomically(&self.enrollment(), text.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// Read the cluster CA certificate.
+    pub fn load_ca(&self) -> Result<String, DataDirError> {
+        if !self.is_joined() && !self.ca().exists() {
+            return Err(DataDirError::NotJoined {
+                dir: self.root.display().to_string(),
+            });
+        }
+        Ok(files::read_public(&self.ca())?)
+    }
+
+    /// Write the cluster CA certificate atomically.
+    pub fn save_ca(&self, ca_pem: &str) -> Result<(), DataDirError> {
+        files::replace_atomically(&self.ca(), ca_pem.as_bytes(), 0o644)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_a_private_directory_and_round_trips_the_record() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path().join("a/b"));
+        assert!(matches!(
+            dir.load_enrollment(),
+            Err(DataDirError::NotJoined { .. })
+        ));
+        dir.create().expect("create");
+        let mode = std::fs::metadata(dir.root())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let record = Enrollment {
+            agent_id: AgentId::new_v4(),
+            cluster: "helix".into(),
+            coordinator: "127.0.0.1:7443".into(),
+            name: "node-1".into(),
+        };
+        dir.save_enrollment(&record).expect("save");
+        assert_eq!(dir.load_enrollment().expect("load"), record);
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.enrollment()).expect("read"),
+        )
+        .expect("json");
+        assert_eq!(json["agent_id"], record.agent_id.to_string());
+    }
+}

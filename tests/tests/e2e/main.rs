@@ -1,0 +1,5 @@
+//! End-to-end tests: real `helix-coordinator` and `helix-agent` processes on loopback.
+//! One test binary, one module per area.
+
+mod cluster;
+mod raw;
