@@ -5,6 +5,7 @@
 //! - [`datadir`]: [`datadir::DataDir`], what lives where on disk.
 //! - [`init`]: `helix-coordinator init`, creating the CA, certificates and store.
 //! - [`store`]: [`store::Store`], the redb database (agents, join tokens).
+//! - [`scheduler`]: [`scheduler::Scheduler`], the sans-IO dispatch and lease policy.
 //! - [`server`]: [`server::Server`], the QUIC listener and role dispatch.
 //! - [`agent_session`]: enrolment and the agent control stream.
 //! - [`admin`]: admin requests.
@@ -17,5 +18,6 @@ pub mod client;
 pub mod clock;
 pub mod datadir;
 pub mod init;
+pub mod scheduler;
 pub mod server;
 pub mod store;

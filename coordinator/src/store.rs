@@ -13,13 +13,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use helix_protocol::{AgentId, AgentInfo, AgentState, Platform, Timestamp};
+use helix_protocol::{
+    AgentId, AgentInfo, AgentState, Build, BuildId, BuildPhase, Job, JobId, Platform, Timestamp,
+};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 const AGENTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("agents_v1");
 const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens_v1");
+const BUILDS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("builds_v1");
+const JOBS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("jobs_v1");
+/// Builds that have not reached a terminal state, so a restart resumes exactly these
+/// without scanning every build ever submitted.
+const ACTIVE: TableDefinition<&[u8; 16], ()> = TableDefinition::new("active_builds_v1");
 
 /// The schema this code reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -143,6 +150,9 @@ impl Store {
             meta.insert("cluster", cluster.as_bytes())?;
             txn.open_table(AGENTS)?;
             txn.open_table(TOKENS)?;
+            txn.open_table(BUILDS)?;
+            txn.open_table(JOBS)?;
+            txn.open_table(ACTIVE)?;
         }
         txn.commit()?;
         Ok(store)
@@ -313,6 +323,128 @@ impl Store {
         }
         txn.commit()?;
         Ok(record)
+    }
+}
+
+/// One record to write in a [`Store::commit`].
+#[derive(Debug, Clone)]
+pub enum Record {
+    Build(Build),
+    Job(Job),
+}
+
+fn is_terminal(phase: &BuildPhase) -> bool {
+    matches!(
+        phase,
+        BuildPhase::Succeeded { .. } | BuildPhase::Failed { .. } | BuildPhase::Cancelled { .. }
+    )
+}
+
+impl Store {
+    // ---- builds and jobs ----------------------------------------------------------
+
+    /// Write these records in one transaction: a build with its jobs at submit, or a
+    /// job's transition together with the build phase it implies.
+    pub fn commit(&self, records: &[Record]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut builds = txn.open_table(BUILDS)?;
+            let mut jobs = txn.open_table(JOBS)?;
+            let mut active = txn.open_table(ACTIVE)?;
+            for record in records {
+                match record {
+                    Record::Build(b) => {
+                        builds.insert(b.id.as_bytes(), encode(b).as_slice())?;
+                        if is_terminal(&b.phase) {
+                            active.remove(b.id.as_bytes())?;
+                        } else {
+                            active.insert(b.id.as_bytes(), ())?;
+                        }
+                    }
+                    Record::Job(j) => {
+                        jobs.insert(j.id().as_bytes(), encode(j).as_slice())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn build(&self, id: BuildId) -> Result<Option<Build>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BUILDS)?;
+        table
+            .get(id.as_bytes())?
+            .map(|v| decode("builds_v1", v.value()))
+            .transpose()
+    }
+
+    pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        table
+            .get(id.as_bytes())?
+            .map(|v| decode("jobs_v1", v.value()))
+            .transpose()
+    }
+
+    /// A build and its jobs (in the build's platform order).
+    pub fn build_with_jobs(&self, id: BuildId) -> Result<Option<(Build, Vec<Job>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let builds = txn.open_table(BUILDS)?;
+        let jobs = txn.open_table(JOBS)?;
+        let Some(v) = builds.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let build: Build = decode("builds_v1", v.value())?;
+        let mut out = Vec::with_capacity(build.jobs.len());
+        for job_id in &build.jobs {
+            let v = jobs
+                .get(job_id.as_bytes())?
+                .ok_or_else(|| StoreError::Corrupt {
+                    table: "jobs_v1",
+                    reason: format!("build {id} names job {job_id}, which is missing"),
+                })?;
+            out.push(decode("jobs_v1", v.value())?);
+        }
+        Ok(Some((build, out)))
+    }
+
+    /// Every build not yet in a terminal state, with its jobs: what a restarted
+    /// coordinator resumes.
+    pub fn active_builds(&self) -> Result<Vec<(Build, Vec<Job>)>, StoreError> {
+        let ids: Vec<BuildId> = {
+            let txn = self.db.begin_read()?;
+            let active = txn.open_table(ACTIVE)?;
+            let mut ids = Vec::new();
+            for entry in active.iter()? {
+                ids.push(BuildId::from_bytes(*entry?.0.value()));
+            }
+            ids
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(x) = self.build_with_jobs(id)? {
+                out.push(x);
+            }
+        }
+        out.sort_by_key(|(b, _)| (b.created_at, b.id));
+        Ok(out)
+    }
+
+    /// The newest `limit` builds, newest first.
+    pub fn recent_builds(&self, limit: usize) -> Result<Vec<Build>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BUILDS)?;
+        let mut all: Vec<Build> = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            all.push(decode("builds_v1", v.value())?);
+        }
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        all.truncate(limit);
+        Ok(all)
     }
 }
 

@@ -25,7 +25,14 @@ pub fn bin(name: &str) -> PathBuf {
         let profile = profile_dir();
         let release = profile.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "helix-coordinator", "-p", "helix-agent"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "helix-coordinator",
+            "-p",
+            "helix-agent",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -63,16 +70,32 @@ pub struct Proc {
 
 impl Proc {
     /// Spawn `program args` with output appended to `log`.
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path, envs: &[(&str, &str)]) -> Proc {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        envs: &[(&str, &str)],
+    ) -> Proc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log");
         let err = out.try_clone().expect("clone log handle");
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        Proc { name: name.to_string(), child, log: log.to_path_buf() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Proc {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -126,7 +149,12 @@ impl Drop for Proc {
             self.kill9();
         }
         if std::thread::panicking() {
-            eprintln!("----- log of {} ({}) -----\n{}", self.name, self.log.display(), self.output());
+            eprintln!(
+                "----- log of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.output()
+            );
         }
     }
 }
@@ -151,15 +179,31 @@ impl Ran {
     /// Panic with both streams unless it exited 0.
     #[track_caller]
     pub fn ok(self) -> Ran {
-        assert_eq!(self.code, Some(0), "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
     /// Panic unless it failed with `code` and stderr contains `needle`.
     #[track_caller]
     pub fn fails_with(self, code: i32, needle: &str) -> Ran {
-        assert_eq!(self.code, Some(code), "unexpected exit code:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
-        assert!(self.stderr.contains(needle), "stderr does not contain {needle:?}:\n{}", self.stderr);
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit code:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr does not contain {needle:?}:\n{}",
+            self.stderr
+        );
         self
     }
 }
@@ -167,11 +211,16 @@ impl Ran {
 /// Run a command to completion (bounded by `timeout`, killed after it).
 pub fn run(program: &Path, args: &[String], envs: &[(&str, &str)], timeout: Duration) -> Ran {
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
     let start = Instant::now();
     loop {
         if let Ok(Some(_)) = child.try_wait() {
@@ -216,7 +265,13 @@ impl Coordinator {
         )
         .ok();
         let log = root.join(format!("{name}.log"));
-        Coordinator { dir, addr: None, proc: None, log, extra: Vec::new() }
+        Coordinator {
+            dir,
+            addr: None,
+            proc: None,
+            log,
+            extra: Vec::new(),
+        }
     }
 
     /// Start `serve` on an ephemeral loopback port (or the port it had, after a
@@ -227,15 +282,30 @@ impl Coordinator {
     }
 
     fn spawn(&mut self) {
-        let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let listen = self
+            .addr
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
         let mut args = s(&["serve", "--data-dir", path(&self.dir), "--listen", &listen]);
         args.extend(self.extra.iter().cloned());
-        let start_len = std::fs::metadata(&self.log).map(|m| m.len() as usize).unwrap_or(0);
-        let proc = Proc::spawn("coordinator", &bin("helix-coordinator"), &args, &self.log, &[]);
+        let start_len = std::fs::metadata(&self.log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        let proc = Proc::spawn(
+            "coordinator",
+            &bin("helix-coordinator"),
+            &args,
+            &self.log,
+            &[],
+        );
         let log = self.log.clone();
         let addr = wait_for(Duration::from_secs(15), "the coordinator to listen", || {
             let text = std::fs::read_to_string(&log).ok()?;
-            let line = text.get(start_len..)?.lines().find(|l| l.contains("helix-coordinator listening on "))?.to_string();
+            let line = text
+                .get(start_len..)?
+                .lines()
+                .find(|l| l.contains("helix-coordinator listening on "))?
+                .to_string();
             Some(line.rsplit(' ').next()?.to_string())
         });
         self.addr = Some(addr);
@@ -265,7 +335,12 @@ impl Coordinator {
     /// Run an admin subcommand against this coordinator.
     pub fn admin(&self, args: &[&str]) -> Ran {
         let mut all = s(args);
-        all.extend(s(&["--coordinator", self.addr(), "--data-dir", path(&self.dir)]));
+        all.extend(s(&[
+            "--coordinator",
+            self.addr(),
+            "--data-dir",
+            path(&self.dir),
+        ]));
         run(&bin("helix-coordinator"), &all, &[], CMD_TIMEOUT)
     }
 
@@ -279,7 +354,8 @@ impl Coordinator {
     /// `agents list --json`, parsed.
     pub fn agents(&self) -> Vec<serde_json::Value> {
         let out = self.admin(&["agents", "list", "--json"]).ok();
-        serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).expect("agents list --json is a JSON array")
+        serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout)
+            .expect("agents list --json is a JSON array")
     }
 
     pub fn log(&self) -> String {
@@ -298,14 +374,29 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(root: &Path, name: &str) -> Agent {
-        Agent { dir: root.join(name), name: name.to_string(), proc: None, log: root.join(format!("{name}.log")) }
+        Agent {
+            dir: root.join(name),
+            name: name.to_string(),
+            proc: None,
+            log: root.join(format!("{name}.log")),
+        }
     }
 
     /// `helix-agent join`; the result for the caller to check.
     pub fn join(&self, coordinator: &str, token: &str) -> Ran {
         run(
             &bin("helix-agent"),
-            &s(&["join", "--coordinator", coordinator, "--token", token, "--data-dir", path(&self.dir), "--name", &self.name]),
+            &s(&[
+                "join",
+                "--coordinator",
+                coordinator,
+                "--token",
+                token,
+                "--data-dir",
+                path(&self.dir),
+                "--name",
+                &self.name,
+            ]),
             &[],
             CMD_TIMEOUT,
         )
@@ -315,7 +406,13 @@ impl Agent {
     pub fn start(&mut self, extra: &[&str]) {
         let mut args = s(&["run", "--data-dir", path(&self.dir)]);
         args.extend(s(extra));
-        self.proc = Some(Proc::spawn(&self.name, &bin("helix-agent"), &args, &self.log, &[]));
+        self.proc = Some(Proc::spawn(
+            &self.name,
+            &bin("helix-agent"),
+            &args,
+            &self.log,
+            &[],
+        ));
     }
 
     pub fn proc(&mut self) -> &mut Proc {
@@ -343,6 +440,9 @@ pub fn path(p: &Path) -> &str {
 }
 
 /// The agent named `name` in an `agents list --json` result.
-pub fn find_agent<'a>(agents: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+pub fn find_agent<'a>(
+    agents: &'a [serde_json::Value],
+    name: &str,
+) -> Option<&'a serde_json::Value> {
     agents.iter().find(|a| a["name"] == name)
 }

@@ -21,11 +21,17 @@ fn ca_pin(c: &Coordinator) -> String {
 
 fn pki_der(pem: &str) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem").to_vec()
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .to_vec()
 }
 
 /// A coordinator with one joined, running agent.
-fn cluster_with_agent(root: &std::path::Path, serve: &[&str], agent_flags: &[&str]) -> (Coordinator, Agent) {
+fn cluster_with_agent(
+    root: &std::path::Path,
+    serve: &[&str],
+    agent_flags: &[&str],
+) -> (Coordinator, Agent) {
     let mut c = Coordinator::init(root, "coord", "test");
     c.start(serve);
     let token = c.token(&[]);
@@ -33,7 +39,9 @@ fn cluster_with_agent(root: &std::path::Path, serve: &[&str], agent_flags: &[&st
     a.join(c.addr(), &token).ok();
     a.start(agent_flags);
     wait_for(Duration::from_secs(5), "the agent to connect", || {
-        find_agent(&c.agents(), "agent-1").filter(|a| a["connected"] == true).map(|_| ())
+        find_agent(&c.agents(), "agent-1")
+            .filter(|a| a["connected"] == true)
+            .map(|_| ())
     });
     (c, a)
 }
@@ -43,20 +51,42 @@ fn an_agent_enrols_and_is_listed_with_its_platforms() {
     let root = tmp();
     let mut c = Coordinator::init(root.path(), "coord", "test");
     c.start(&[]);
-    let out = c.admin(&["token", "create", "--ttl", "10m", "--uses", "1"]).ok();
+    let out = c
+        .admin(&["token", "create", "--ttl", "10m", "--uses", "1"])
+        .ok();
     let token = out.stdout.trim();
-    assert_eq!(out.stdout.lines().count(), 1, "only the token on stdout: {:?}", out.stdout);
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "only the token on stdout: {:?}",
+        out.stdout
+    );
     assert!(token.starts_with("helix1."), "{token}");
 
     let mut a = Agent::new(root.path(), "agent-1");
     a.join(c.addr(), token).ok();
-    a.start(&["--platform", "linux/arm64/v8", "--platform", "linux/x86_64", "--capacity", "3", "--label", "rack=a1"]);
+    a.start(&[
+        "--platform",
+        "linux/arm64/v8",
+        "--platform",
+        "linux/x86_64",
+        "--capacity",
+        "3",
+        "--label",
+        "rack=a1",
+    ]);
     let started = std::time::Instant::now();
     let agent = wait_for(Duration::from_secs(5), "the agent in agents list", || {
-        find_agent(&c.agents(), "agent-1").filter(|a| a["connected"] == true).cloned()
+        find_agent(&c.agents(), "agent-1")
+            .filter(|a| a["connected"] == true)
+            .cloned()
     });
     eprintln!("agent listed after {:?}", started.elapsed());
-    assert_eq!(agent["platforms"], serde_json::json!(["linux/arm64", "linux/amd64"]), "normalized: {agent}");
+    assert_eq!(
+        agent["platforms"],
+        serde_json::json!(["linux/arm64", "linux/amd64"]),
+        "normalized: {agent}"
+    );
     assert_eq!(agent["capacity"], 3);
     assert_eq!(agent["labels"]["rack"], "a1");
     assert_eq!(agent["state"], "Ready");
@@ -64,11 +94,20 @@ fn an_agent_enrols_and_is_listed_with_its_platforms() {
 
     // Cordon and uncordon by name; the table names the agent.
     c.admin(&["agents", "cordon", "agent-1"]).ok();
-    assert_eq!(find_agent(&c.agents(), "agent-1").expect("listed")["state"], "Cordoned");
+    assert_eq!(
+        find_agent(&c.agents(), "agent-1").expect("listed")["state"],
+        "Cordoned"
+    );
     c.admin(&["agents", "uncordon", &a.id()[..8]]).ok();
     let table = c.admin(&["agents", "list"]).ok().stdout;
-    assert!(table.contains("agent-1") && table.contains("ready") && table.contains("linux/arm64,linux/amd64"), "{table}");
-    c.admin(&["agents", "cordon", "no-such-agent"]).fails_with(2, "no agent has the id or name");
+    assert!(
+        table.contains("agent-1")
+            && table.contains("ready")
+            && table.contains("linux/arm64,linux/amd64"),
+        "{table}"
+    );
+    c.admin(&["agents", "cordon", "no-such-agent"])
+        .fails_with(2, "no agent has the id or name");
 }
 
 #[test]
@@ -81,23 +120,33 @@ fn bad_tokens_are_refused_and_the_coordinator_keeps_serving() {
     let expired = c.token(&["--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
     let a = Agent::new(root.path(), "expired");
-    a.join(c.addr(), &expired).fails_with(1, "the join token expired");
-    assert!(!a.dir.join("identity.pem").exists(), "nothing kept from a refused join");
+    a.join(c.addr(), &expired)
+        .fails_with(1, "the join token expired");
+    assert!(
+        !a.dir.join("identity.pem").exists(),
+        "nothing kept from a refused join"
+    );
 
     // Single use, used twice.
     let once = c.token(&[]);
     Agent::new(root.path(), "first").join(c.addr(), &once).ok();
-    Agent::new(root.path(), "second").join(c.addr(), &once).fails_with(1, "the join token has been used up");
+    Agent::new(root.path(), "second")
+        .join(c.addr(), &once)
+        .fails_with(1, "the join token has been used up");
 
     // A token whose CA hash is not this coordinator's CA: the agent refuses the server.
     let other = Coordinator::init(root.path(), "other", "other");
     let good = c.token(&[]);
     let forged = good.replace(&ca_pin(&c), &ca_pin(&other));
     assert_ne!(forged, good);
-    Agent::new(root.path(), "pinned").join(c.addr(), &forged).fails_with(1, "does not match the join token");
+    Agent::new(root.path(), "pinned")
+        .join(c.addr(), &forged)
+        .fails_with(1, "does not match the join token");
 
     // Malformed.
-    Agent::new(root.path(), "garbled").join(c.addr(), "helix1.nope").fails_with(2, "malformed join token");
+    Agent::new(root.path(), "garbled")
+        .join(c.addr(), "helix1.nope")
+        .fails_with(2, "malformed join token");
 
     // Still serving: the one good enrolment is listed and a new join works.
     let agents = c.agents();
@@ -115,27 +164,55 @@ fn certificates_from_another_ca_or_none_at_all_are_refused() {
     // An admin bundle from another cluster's CA: the TLS handshake fails.
     let other = Coordinator::init(root.path(), "other", "test");
     let bundle = other.admin_bundle();
-    let out = c.admin(&["agents", "list", "--admin-cert", bundle.to_str().expect("utf-8")]);
+    let out = c.admin(&[
+        "agents",
+        "list",
+        "--admin-cert",
+        bundle.to_str().expect("utf-8"),
+    ]);
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stderr.contains("cannot connect") || out.stderr.contains("lost the connection"), "{}", out.stderr);
-    assert!(out.stderr.contains("certificate"), "names the certificate problem: {}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot connect") || out.stderr.contains("lost the connection"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("certificate"),
+        "names the certificate problem: {}",
+        out.stderr
+    );
 
     let rt = raw::runtime();
     // No client certificate, agent protocol.
     let answer = rt.block_on(send_raw(c.addr(), None, &pin, frame(&agent_hello(1))));
     let (code, reason) = answer.rejected.expect("a refusal frame");
     assert_eq!(code, RejectCode::Unauthenticated);
-    assert!(reason.contains("client certificate is required for the agent protocol"), "{reason}");
-    assert!(answer.closed.contains(&format!("code {}", close::UNAUTHORIZED)), "{}", answer.closed);
+    assert!(
+        reason.contains("client certificate is required for the agent protocol"),
+        "{reason}"
+    );
+    assert!(
+        answer
+            .closed
+            .contains(&format!("code {}", close::UNAUTHORIZED)),
+        "{}",
+        answer.closed
+    );
     // No client certificate, admin protocol.
     let answer = rt.block_on(send_raw(c.addr(), None, &pin, frame(&admin_hello())));
     let (code, reason) = answer.rejected.expect("a refusal frame");
     assert_eq!(code, RejectCode::Unauthenticated);
-    assert!(reason.contains("client certificate is required for the admin protocol"), "{reason}");
+    assert!(
+        reason.contains("client certificate is required for the admin protocol"),
+        "{reason}"
+    );
 
     // Still serving, and the real agent is still connected.
     let listed = c.agents();
-    assert_eq!(find_agent(&listed, &agent.name).expect("listed")["connected"], true);
+    assert_eq!(
+        find_agent(&listed, &agent.name).expect("listed")["connected"],
+        true
+    );
 }
 
 #[test]
@@ -191,17 +268,25 @@ fn wrong_roles_versions_and_bad_frames_are_refused() {
     ];
     for (what, creds, bytes, want_code, want_reason, want_close) in cases {
         let answer = rt.block_on(send_raw(c.addr(), Some(creds), &pin, bytes));
-        let (code, reason) = answer.rejected.unwrap_or_else(|| panic!("{what}: no refusal frame ({})", answer.closed));
+        let (code, reason) = answer
+            .rejected
+            .unwrap_or_else(|| panic!("{what}: no refusal frame ({})", answer.closed));
         assert_eq!(code, want_code, "{what}: {reason}");
         assert!(reason.contains(want_reason), "{what}: {reason}");
-        assert!(answer.closed.contains(&format!("code {want_close}")), "{what}: {}", answer.closed);
+        assert!(
+            answer.closed.contains(&format!("code {want_close}")),
+            "{what}: {}",
+            answer.closed
+        );
         eprintln!("{what}: refused with {code:?}: {reason}");
     }
 
     // The coordinator still serves, and the real agent was not disturbed by a raw
     // connection that used its certificate.
     wait_for(Duration::from_secs(5), "the agent to be connected", || {
-        find_agent(&c.agents(), &agent.name).filter(|a| a["connected"] == true).map(|_| ())
+        find_agent(&c.agents(), &agent.name)
+            .filter(|a| a["connected"] == true)
+            .map(|_| ())
     });
 }
 
@@ -210,7 +295,10 @@ fn a_revoked_agent_is_cut_off_and_refused() {
     let root = tmp();
     let (c, mut agent) = cluster_with_agent(root.path(), &[], &[]);
     c.admin(&["agents", "revoke", "agent-1"]).ok();
-    let status = agent.proc().wait_exit(Duration::from_secs(10)).expect("the revoked agent exits");
+    let status = agent
+        .proc()
+        .wait_exit(Duration::from_secs(10))
+        .expect("the revoked agent exits");
     assert_eq!(status.code(), Some(1), "{}", agent.log());
     assert!(agent.log().contains("revoked"), "{}", agent.log());
     let listed = c.agents();
@@ -220,11 +308,19 @@ fn a_revoked_agent_is_cut_off_and_refused() {
 
     // Started again, it is refused at connect.
     agent.start(&[]);
-    let status = agent.proc().wait_exit(Duration::from_secs(10)).expect("refused at connect");
+    let status = agent
+        .proc()
+        .wait_exit(Duration::from_secs(10))
+        .expect("refused at connect");
     assert_eq!(status.code(), Some(1));
-    assert!(agent.log().contains("this agent has been revoked"), "{}", agent.log());
+    assert!(
+        agent.log().contains("this agent has been revoked"),
+        "{}",
+        agent.log()
+    );
     // An uncordon cannot bring it back.
-    c.admin(&["agents", "uncordon", "agent-1"]).fails_with(2, "revoked");
+    c.admin(&["agents", "uncordon", "agent-1"])
+        .fails_with(2, "revoked");
 }
 
 #[test]
@@ -236,9 +332,15 @@ fn agents_come_back_after_the_coordinator_is_killed_and_restarted() {
     std::thread::sleep(Duration::from_millis(500));
     c.restart();
     let restarted = std::time::Instant::now();
-    wait_for(Duration::from_secs(10), "the agent to reconnect after the restart", || {
-        find_agent(&c.agents(), "agent-1").filter(|a| a["connected"] == true).map(|_| ())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the agent to reconnect after the restart",
+        || {
+            find_agent(&c.agents(), "agent-1")
+                .filter(|a| a["connected"] == true)
+                .map(|_| ())
+        },
+    );
     eprintln!("agent back {:?} after the restart", restarted.elapsed());
     assert!(agent.proc().is_running(), "the agent was not restarted");
     assert_eq!(agent.proc().pid(), pid);
@@ -250,20 +352,40 @@ fn agent_certificates_are_renewed_before_they_expire() {
     let (c, agent) = cluster_with_agent(root.path(), &["--agent-cert-ttl", "9s"], &[]);
     let read_cert = || {
         let creds = Creds::agent(&agent.dir);
-        (creds.cert_pem.clone(), pki::cert_not_after(&creds.cert_pem).expect("not after"))
+        (
+            creds.cert_pem.clone(),
+            pki::cert_not_after(&creds.cert_pem).expect("not after"),
+        )
     };
     let (first, first_expiry) = read_cert();
-    let (renewed, renewed_expiry) = wait_for(Duration::from_secs(20), "the certificate to be renewed", || {
-        let (pem, expiry) = read_cert();
-        (pem != first).then_some((pem, expiry))
-    });
-    assert!(renewed_expiry > first_expiry, "{renewed_expiry} > {first_expiry}");
-    assert_ne!(Creds::agent(&agent.dir).key_pem, "", "a key is stored with the renewed certificate");
+    let (renewed, renewed_expiry) = wait_for(
+        Duration::from_secs(20),
+        "the certificate to be renewed",
+        || {
+            let (pem, expiry) = read_cert();
+            (pem != first).then_some((pem, expiry))
+        },
+    );
+    assert!(
+        renewed_expiry > first_expiry,
+        "{renewed_expiry} > {first_expiry}"
+    );
+    assert_ne!(
+        Creds::agent(&agent.dir).key_pem,
+        "",
+        "a key is stored with the renewed certificate"
+    );
     let _ = renewed;
     // Past the first certificate's expiry the agent still connects with the new one:
     // kill its session by restarting the coordinator and watch it come back.
     std::thread::sleep(Duration::from_secs(2));
-    wait_for(Duration::from_secs(10), "the agent to stay connected", || {
-        find_agent(&c.agents(), "agent-1").filter(|a| a["connected"] == true).map(|_| ())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the agent to stay connected",
+        || {
+            find_agent(&c.agents(), "agent-1")
+                .filter(|a| a["connected"] == true)
+                .map(|_| ())
+        },
+    );
 }

@@ -6,12 +6,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use helix_protocol::codec;
-use helix_protocol::wire::{AdminRequest, AgentToCoordinator, CoordinatorToAgent, RejectCode, PROTOCOL_VERSION};
+use helix_protocol::wire::{
+    AdminRequest, AgentToCoordinator, CoordinatorToAgent, RejectCode, PROTOCOL_VERSION,
+};
 use helix_transport::files::{pem_blocks, AdminBundle};
 use helix_transport::{connect, framed, tls};
 
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Client TLS material read from an agent's data dir or an admin bundle.
@@ -25,15 +30,33 @@ impl Creds {
     pub(crate) fn agent(dir: &Path) -> Creds {
         let identity = std::fs::read_to_string(dir.join("identity.pem")).expect("identity.pem");
         let blocks = pem_blocks(&identity);
-        let cert_pem = blocks.iter().find(|(l, _)| l == "CERTIFICATE").expect("cert").1.clone();
-        let key_pem = blocks.iter().find(|(l, _)| l.ends_with("PRIVATE KEY")).expect("key").1.clone();
+        let cert_pem = blocks
+            .iter()
+            .find(|(l, _)| l == "CERTIFICATE")
+            .expect("cert")
+            .1
+            .clone();
+        let key_pem = blocks
+            .iter()
+            .find(|(l, _)| l.ends_with("PRIVATE KEY"))
+            .expect("key")
+            .1
+            .clone();
         let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
-        Creds { ca_pem, cert_pem, key_pem }
+        Creds {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        }
     }
 
     pub(crate) fn admin(bundle: &Path) -> Creds {
         let b = AdminBundle::load(bundle).expect("admin bundle");
-        Creds { ca_pem: b.ca_pem, cert_pem: b.cert_pem, key_pem: b.key_pem }
+        Creds {
+            ca_pem: b.ca_pem,
+            cert_pem: b.cert_pem,
+            key_pem: b.key_pem,
+        }
     }
 }
 
@@ -48,18 +71,30 @@ pub(crate) struct Answer {
 
 /// Connect (with `creds`, or with no client certificate when `None`), send `bytes` on
 /// a fresh bidirectional stream, and report the coordinator's reply and close reason.
-pub(crate) async fn send_raw(addr: &str, creds: Option<&Creds>, ca_pin: &str, bytes: Vec<u8>) -> Answer {
+pub(crate) async fn send_raw(
+    addr: &str,
+    creds: Option<&Creds>,
+    ca_pin: &str,
+    bytes: Vec<u8>,
+) -> Answer {
     let client = match creds {
         Some(c) => tls::client_config(&c.ca_pem, &c.cert_pem, &c.key_pem).expect("client config"),
         None => tls::join_client_config(ca_pin).expect("join config").0,
     };
-    let quic = tls::quinn_client_config(client, Duration::from_secs(10), Duration::from_secs(3)).expect("quic");
+    let quic = tls::quinn_client_config(client, Duration::from_secs(10), Duration::from_secs(3))
+        .expect("quic");
     let (sock, _) = connect::resolve(addr).await.expect("resolve");
     let endpoint = connect::client_endpoint(sock).expect("endpoint");
-    let conn = connect::connect(&endpoint, addr, quic).await.expect("handshake");
+    let conn = connect::connect(&endpoint, addr, quic)
+        .await
+        .expect("handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
     send.write_all(&bytes).await.expect("write");
-    let reply = tokio::time::timeout(Duration::from_secs(10), framed::read_frame::<CoordinatorToAgent>(&mut recv)).await;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        framed::read_frame::<CoordinatorToAgent>(&mut recv),
+    )
+    .await;
     let rejected = match reply {
         Ok(Ok(Some(CoordinatorToAgent::Rejected { code, reason }))) => Some((code, reason)),
         _ => None,
@@ -89,5 +124,8 @@ pub(crate) fn agent_hello(version: u32) -> AgentToCoordinator {
 }
 
 pub(crate) fn admin_hello() -> AdminRequest {
-    AdminRequest::Hello { protocol_version: PROTOCOL_VERSION, client_version: "test".into() }
+    AdminRequest::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_version: "test".into(),
+    }
 }
