@@ -120,12 +120,11 @@ impl DataDir {
 
     /// Write `agent.json` atomically.
     pub fn save_enrollment(&self, enrollment: &Enrollment) -> Result<(), DataDirError> {
-        let mut text = serde_json::to_string_pretty(enrollment).map_err(|e| {
-            DataDirError::Corrupt {
+        let mut text =
+            serde_json::to_string_pretty(enrollment).map_err(|e| DataDirError::Corrupt {
                 path: self.enrollment().display().to_string(),
                 reason: format!("cannot encode the agent record: {e}"),
-            }
-        })?;
+            })?;
         text.push('\n');
         files::replace_atomically(&self.enrollment(), text.as_bytes(), 0o644)?;
         Ok(())
@@ -174,10 +173,9 @@ mod tests {
         };
         dir.save_enrollment(&record).expect("save");
         assert_eq!(dir.load_enrollment().expect("load"), record);
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.enrollment()).expect("read"),
-        )
-        .expect("json");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.enrollment()).expect("read"))
+                .expect("json");
         assert_eq!(json["agent_id"], record.agent_id.to_string());
     }
 }

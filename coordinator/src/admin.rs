@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::agent_session::version_mismatch;
+use crate::builds;
 use crate::clock::now;
 use crate::server::{first_frame, garbage_reason, refuse, FirstFrame, Shared};
 use crate::store::{StoreError, TokenRecord};
@@ -126,6 +127,20 @@ async fn handle_stream(
         }
         Err(_) => return,
     };
+    if let AdminRequest::BuildLogs {
+        build,
+        platform,
+        follow,
+    } = request
+    {
+        if builds::logs(&shared, &mut send, build, platform, follow)
+            .await
+            .is_ok()
+        {
+            let _ = send.finish();
+        }
+        return;
+    }
     let response = handle(request, &shared).await;
     if framed::write_frame(&mut send, &response).await.is_ok() {
         let _ = send.finish();
@@ -171,15 +186,14 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
         },
         AdminRequest::UpdateAgent { agent, action } => update_agent(shared, agent, action).await,
         AdminRequest::CreateToken { ttl_secs, uses } => create_token(shared, ttl_secs, uses).await,
-        AdminRequest::SubmitBuild { .. }
-        | AdminRequest::ListBuilds { .. }
-        | AdminRequest::GetBuild { .. }
-        | AdminRequest::CancelBuild { .. }
-        | AdminRequest::BuildLogs { .. }
-        | AdminRequest::WaitBuild { .. } => error(
-            RejectCode::BadRequest,
-            "builds are not supported by this coordinator version yet",
-        ),
+        AdminRequest::SubmitBuild { spec } => builds::submit(shared, spec).await,
+        AdminRequest::ListBuilds { limit } => builds::list(shared, limit).await,
+        AdminRequest::GetBuild { build } => builds::view(shared, build).await,
+        AdminRequest::CancelBuild { build } => builds::cancel(shared, build).await,
+        AdminRequest::WaitBuild { build } => builds::wait(shared, build).await,
+        AdminRequest::BuildLogs { .. } => {
+            error(RejectCode::BadRequest, "log requests are streamed")
+        }
     }
 }
 
@@ -215,6 +229,13 @@ async fn update_agent(shared: &Arc<Shared>, agent: AgentId, action: AgentAction)
         Err(e) => return store_error(e),
     };
     info!(%agent, state = %next, "agent updated");
+    let _ = shared
+        .engine
+        .input(crate::scheduler::Input::AgentSchedulable {
+            agent,
+            schedulable: next.is_schedulable(),
+        })
+        .await;
     if next == AgentState::Revoked {
         // The store says revoked before the session is cut, so a reconnect is refused.
         let handle = shared

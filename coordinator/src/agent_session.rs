@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helix_protocol::wire::{
-    close, AgentToCoordinator, CoordinatorToAgent, RejectCode, PROTOCOL_VERSION,
+    close, AgentToCoordinator, CoordinatorToAgent, HeldJob, LogChunk, RejectCode, PROTOCOL_VERSION,
 };
 use helix_protocol::{AgentId, AgentState, Platform};
 use helix_transport::framed::{self, StreamError};
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::clock::now;
+use crate::scheduler::Input;
 use crate::server::{first_frame, garbage_reason, refuse, FirstFrame, SessionHandle, Shared};
 use crate::store::{AgentRecord, StoreError};
 use helix_protocol::JoinToken;
@@ -189,6 +190,7 @@ pub(crate) fn version_mismatch(peer: &str, theirs: u32) -> String {
 
 /// What an agent advertised in its `Hello`, checked.
 struct Advertised {
+    held: Vec<HeldJob>,
     agent_version: String,
     platforms: Vec<Platform>,
     capacity: u32,
@@ -204,7 +206,7 @@ fn check_hello(msg: AgentToCoordinator) -> Result<Advertised, (RejectCode, Strin
         capacity,
         labels,
         builder,
-        held: _,
+        held,
     } = msg
     else {
         return Err((
@@ -238,7 +240,11 @@ fn check_hello(msg: AgentToCoordinator) -> Result<Advertised, (RejectCode, Strin
     if agent_version.len() > MAX_SHORT_FIELD || builder.len() > MAX_SHORT_FIELD {
         return Err(bad("the agent version or builder name is too long".into()));
     }
+    if held.len() > 4096 {
+        return Err(bad("an agent reports at most 4096 held jobs".into()));
+    }
     Ok(Advertised {
+        held,
         agent_version,
         platforms,
         capacity,
@@ -330,6 +336,7 @@ async fn serve_inner(
         }
     };
     let platforms: Vec<String> = adv.platforms.iter().map(|p| p.to_string()).collect();
+    let up = (adv.platforms.clone(), adv.capacity, adv.held.clone());
     let updated = shared
         .store
         .run(move |s| {
@@ -343,6 +350,10 @@ async fn serve_inner(
             })
         })
         .await;
+    let schedulable = match &updated {
+        Ok(record) => record.state.is_schedulable(),
+        Err(_) => false,
+    };
     if let Err(e) = updated {
         warn!("cannot record the agent's Hello: {e}");
         refuse(
@@ -381,7 +392,21 @@ async fn serve_inner(
         agent_id: id,
     };
     let outcome = match framed::write_frame(&mut send, &welcome).await {
-        Ok(()) => session_loop(&conn, id, &shared, &cancel, &mut send, &mut recv, &mut rx).await,
+        Ok(()) => {
+            let (platforms, capacity, held) = up;
+            let up = Input::AgentUp {
+                agent: id,
+                platforms,
+                capacity,
+                schedulable,
+                held,
+            };
+            if shared.engine.input(up).await.is_err() {
+                Ok("coordinator shutting down")
+            } else {
+                session_loop(&conn, id, &shared, &cancel, &mut send, &mut recv, &mut rx).await
+            }
+        }
         Err(e) => Err(e),
     };
     match outcome {
@@ -390,11 +415,16 @@ async fn serve_inner(
     }
 
     // Forget the session only if a newer connection has not replaced it.
-    {
+    let current = {
         let mut sessions = shared.sessions.lock().expect("sessions lock poisoned");
-        if sessions.get(&id).is_some_and(|h| h.session == session) {
+        let current = sessions.get(&id).is_some_and(|h| h.session == session);
+        if current {
             sessions.remove(&id);
         }
+        current
+    };
+    if current {
+        let _ = shared.engine.input(Input::AgentDown { agent: id }).await;
     }
     let _ = shared
         .store
@@ -411,6 +441,8 @@ async fn session_loop(
     recv: &mut quinn::RecvStream,
     rx: &mut mpsc::Receiver<CoordinatorToAgent>,
 ) -> Result<&'static str, StreamError> {
+    // Log streams die with the session (dropping the set aborts them).
+    let mut log_streams = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             biased;
@@ -452,17 +484,69 @@ async fn session_loop(
                         };
                         framed::write_frame(send, &reply).await?;
                     }
-                    AgentToCoordinator::Accepted { job, attempt }
-                    | AgentToCoordinator::Started { job, attempt }
-                    | AgentToCoordinator::Finished { job, attempt, .. } => {
-                        // This coordinator assigns no jobs yet, so any report is stale.
-                        info!(%job, attempt, "ignored a report for a job this coordinator did not assign");
+                    AgentToCoordinator::Accepted { job, attempt } => {
+                        tracing::debug!(%job, attempt, "assignment accepted");
                     }
+                    AgentToCoordinator::Started { job, attempt } => {
+                        if shared.engine.input(Input::Started { agent: id, job, attempt }).await.is_err() {
+                            return Ok("coordinator shutting down");
+                        }
+                    }
+                    AgentToCoordinator::Finished { job, attempt, outcome } => {
+                        if shared.engine.input(Input::Finished { agent: id, job, attempt, outcome }).await.is_err() {
+                            return Ok("coordinator shutting down");
+                        }
+                    }
+                }
+            }
+            Some(_) = log_streams.join_next(), if !log_streams.is_empty() => {}
+            stream = conn.accept_uni() => {
+                match stream {
+                    Ok(stream) => { log_streams.spawn(receive_log(stream, id, shared.clone())); }
+                    Err(e) => return Err(StreamError::Connection(e)),
                 }
             }
             reason = conn.closed() => {
                 return Err(StreamError::Connection(reason));
             }
+        }
+    }
+}
+
+/// Largest log chunk we take: agents send far smaller ones.
+const MAX_LOG_CHUNK: usize = 1024 * 1024;
+
+/// One job's log stream: [`LogChunk`] frames for one (job, attempt) the agent holds.
+async fn receive_log(mut recv: quinn::RecvStream, agent: AgentId, shared: Arc<Shared>) {
+    let mut checked: Option<(helix_protocol::JobId, u32)> = None;
+    loop {
+        let chunk = match framed::read_frame::<LogChunk>(&mut recv).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return,
+            Err(e) => {
+                info!(%agent, "log stream ended: {e}");
+                return;
+            }
+        };
+        if checked != Some((chunk.job, chunk.attempt)) {
+            if !shared.engine.holds(agent, chunk.job, chunk.attempt).await {
+                info!(%agent, job = %chunk.job, attempt = chunk.attempt, "dropped a log stream for a job the agent does not hold");
+                let _ = recv.stop(0u32.into());
+                return;
+            }
+            checked = Some((chunk.job, chunk.attempt));
+        }
+        if chunk.data.len() > MAX_LOG_CHUNK {
+            let _ = recv.stop(0u32.into());
+            return;
+        }
+        let logs = shared.logs.clone();
+        let appended = tokio::task::spawn_blocking(move || {
+            logs.append(chunk.job, chunk.attempt, chunk.offset, &chunk.data)
+        })
+        .await;
+        if let Ok(Err(e)) = appended {
+            warn!("cannot write a build log: {e}");
         }
     }
 }

@@ -57,6 +57,94 @@ pub(crate) enum Command {
     /// List and manage agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Submit, inspect and cancel builds.
+    #[command(subcommand)]
+    Build(BuildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BuildCommand {
+    /// Submit a multi-platform build.
+    Submit(SubmitArgs),
+    /// List recent builds, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a build: state, commit, each platform's job, the index digest.
+    Get {
+        /// Build id or a unique prefix of it.
+        build: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a build; running builder processes are stopped.
+    Cancel {
+        build: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a build's output.
+    Logs {
+        build: String,
+        /// Only this platform's job.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Keep printing until the jobs end.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Wait until the build ends; exit 0 if it succeeded, 1 otherwise.
+    Wait {
+        build: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// Git repository URL (https, http, ssh, git; file only when the coordinator allows it).
+    #[arg(long)]
+    pub(crate) repo: String,
+    /// Branch, tag or full commit id; pinned to one commit at submit.
+    #[arg(long = "ref", default_value = "HEAD")]
+    pub(crate) reference: String,
+    /// Dockerfile path inside the repository.
+    #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
+    pub(crate) dockerfile: String,
+    /// Build argument KEY=VALUE (repeatable).
+    #[arg(long = "build-arg")]
+    pub(crate) build_args: Vec<String>,
+    /// Target stage.
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    /// Image label KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    pub(crate) labels: Vec<String>,
+    /// Platforms, comma-separated or repeated (e.g. linux/amd64,linux/arm64).
+    #[arg(long = "platform", required = true)]
+    pub(crate) platforms: Vec<String>,
+    /// Destination image reference for the multi-arch index.
+    #[arg(long, short = 't')]
+    pub(crate) tag: String,
+    /// Do not use the builder's layer cache.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+    /// Let the other platforms finish when one fails.
+    #[arg(long)]
+    pub(crate) no_fail_fast: bool,
+    /// Wait for the build to end (exit 0 if it succeeded, 1 otherwise).
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Print the build's output while it runs, then wait for it.
+    #[arg(long)]
+    pub(crate) follow: bool,
+    /// Print the build as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +163,16 @@ pub(crate) struct ServeArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:7443")]
     pub(crate) listen: SocketAddr,
+    /// Accept file:// repositories (for tests and single-host setups: it lets
+    /// submitters read the coordinator's disk).
+    #[arg(long)]
+    pub(crate) allow_file_repos: bool,
+    /// Registry host:port to reach over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry")]
+    pub(crate) insecure_registries: Vec<String>,
+    /// How long a lost agent's jobs wait for it before they are requeued.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) grace_period: Duration,
     /// Lifetime of agent certificates issued at join and renewal.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     pub(crate) agent_cert_ttl: Duration,

@@ -11,6 +11,8 @@ use helix_transport::tls::{self, TlsError};
 
 /// How long one request may take before the CLI gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on requests that last as long as a build; the build's own timeout is shorter.
+pub const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Why an admin command could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +87,23 @@ impl AdminClient {
         &self,
         req: AdminRequest,
     ) -> Result<(AdminResponse, quinn::SendStream, quinn::RecvStream), ClientError> {
-        match framed::request::<_, AdminResponse>(&self.conn, &req, REQUEST_TIMEOUT).await {
+        self.open_with(req, REQUEST_TIMEOUT).await
+    }
+
+    /// A request whose first answer may take as long as a build (`wait`, `--follow`).
+    pub async fn open_long(
+        &self,
+        req: AdminRequest,
+    ) -> Result<(AdminResponse, quinn::SendStream, quinn::RecvStream), ClientError> {
+        self.open_with(req, LONG_REQUEST_TIMEOUT).await
+    }
+
+    async fn open_with(
+        &self,
+        req: AdminRequest,
+        timeout: Duration,
+    ) -> Result<(AdminResponse, quinn::SendStream, quinn::RecvStream), ClientError> {
+        match framed::request::<_, AdminResponse>(&self.conn, &req, timeout).await {
             Ok((AdminResponse::Error { code, message }, _, _)) => Err(ClientError::Refused {
                 addr: self.addr.clone(),
                 code,

@@ -82,6 +82,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Agents(cmd) => agents(g, cmd).await,
+        Command::Build(cmd) => {
+            let client = connect(g).await?;
+            let result = crate::build_cmd::run(&client, cmd).await;
+            client.close().await;
+            result
+        }
     }
 }
 
@@ -89,20 +95,29 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut opts = ServeOptions::new(DataDir::new(&g.data_dir), args.listen);
     opts.agent_cert_ttl = args.agent_cert_ttl;
     opts.idle_timeout = args.idle_timeout;
+    opts.allow_file_repos = args.allow_file_repos;
+    opts.insecure_registries = args.insecure_registries;
+    opts.scheduler.grace = args.grace_period;
     let server = Server::spawn(opts).await?;
     eprintln!("helix-coordinator listening on {}", server.local_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        () = server.failed() => true,
+    };
     tracing::info!("shutting down");
     server.shutdown().await;
+    if failed {
+        bail!(
+            "the coordinator stopped after a store failure; restart it to recover from the store"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connect(g: &Global) -> anyhow::Result<AdminClient> {
+pub(crate) async fn connect(g: &Global) -> anyhow::Result<AdminClient> {
     let bundle_path = g
         .admin_cert
         .clone()

@@ -7,6 +7,7 @@
 //!   server.pem/.key    the coordinator's TLS certificate and key (0600)
 //!   admin.pem          admin bundle: admin certificate, CA, key (0600)
 //!   helix.redb         the store
+//!   logs/<job>.log     build output per job (bounded)
 //! ```
 
 use std::os::unix::fs::PermissionsExt;
@@ -39,6 +40,10 @@ impl DataDir {
     }
     pub fn admin_bundle(&self) -> PathBuf {
         self.root.join("admin.pem")
+    }
+    /// Per-job build output.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
     }
     pub fn database(&self) -> PathBuf {
         self.root.join("helix.redb")

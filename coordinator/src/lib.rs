@@ -5,6 +5,8 @@
 //! - [`datadir`]: [`datadir::DataDir`], what lives where on disk.
 //! - [`init`]: `helix-coordinator init`, creating the CA, certificates and store.
 //! - [`store`]: [`store::Store`], the redb database (agents, join tokens).
+//! - [`git`]: pinning a ref to a commit with `git ls-remote`.
+//! - [`logs`]: [`logs::Logs`], bounded per-job build output on disk.
 //! - [`scheduler`]: [`scheduler::Scheduler`], the sans-IO dispatch and lease policy.
 //! - [`server`]: [`server::Server`], the QUIC listener and role dispatch.
 //! - [`agent_session`]: enrolment and the agent control stream.
@@ -14,10 +16,15 @@
 
 mod admin;
 mod agent_session;
+pub mod assembler;
+mod builds;
 pub mod client;
 pub mod clock;
 pub mod datadir;
+mod engine;
+pub mod git;
 pub mod init;
+pub mod logs;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -1,6 +1,7 @@
 //! `helix-coordinator`: parse arguments, set up logging, run, map errors to exit codes
 //! (0 success, 1 failure, 2 bad usage or input).
 
+mod build_cmd;
 mod cli;
 mod commands;
 

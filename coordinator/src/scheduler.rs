@@ -114,7 +114,7 @@ pub enum Output {
         msg: CoordinatorToAgent,
     },
     /// Fetch the per-platform manifests, check them, push the index.
-    Assemble { build: Build, jobs: Vec<Job> },
+    Assemble { build: Box<Build>, jobs: Vec<Job> },
     /// The build reached a terminal state (wake up waiters).
     BuildDone { build: BuildId },
 }
@@ -664,7 +664,7 @@ impl Scheduler {
             .filter_map(|j| self.jobs.get(j).cloned())
             .collect();
         out.push(Output::Assemble {
-            build: build.clone(),
+            build: Box::new(build.clone()),
             jobs,
         });
     }

@@ -23,7 +23,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::assembler::Assembler;
 use crate::datadir::DataDir;
+use crate::engine::{self, EngineHandle};
+use crate::logs::Logs;
+use crate::scheduler::SchedulerConfig;
 use crate::store::{Store, StoreError};
 use crate::{admin, agent_session};
 
@@ -36,6 +40,12 @@ pub struct ServeOptions {
     pub agent_cert_ttl: Duration,
     /// A connection silent this long is dead (keep-alives are sent at a third of it).
     pub idle_timeout: Duration,
+    /// Accept `file://` repositories (tests, single-host setups).
+    pub allow_file_repos: bool,
+    /// Registries (`host:port`) reached over plain HTTP, for assembly.
+    pub insecure_registries: Vec<String>,
+    /// Lease and retry policy.
+    pub scheduler: SchedulerConfig,
 }
 
 impl ServeOptions {
@@ -45,6 +55,9 @@ impl ServeOptions {
             listen,
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
             idle_timeout: tls::DEFAULT_IDLE_TIMEOUT,
+            allow_file_repos: false,
+            insecure_registries: Vec::new(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -63,6 +76,13 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot create {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid registry settings: {0}")]
+    Registry(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -89,6 +109,9 @@ pub(crate) struct Shared {
     pub(crate) opts: ServeOptions,
     pub(crate) sessions: Mutex<HashMap<AgentId, SessionHandle>>,
     next_session: std::sync::atomic::AtomicU64,
+    pub(crate) engine: EngineHandle,
+    pub(crate) logs: Arc<Logs>,
+    pub(crate) assembler: Arc<Assembler>,
 }
 
 impl Shared {
@@ -112,6 +135,8 @@ pub struct Server {
     local_addr: SocketAddr,
     endpoint: quinn::Endpoint,
     cancel: CancellationToken,
+    /// Cancelled when the coordinator cannot go on (a store write failed).
+    fatal: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -137,11 +162,21 @@ impl Server {
         let tls = tls::server_config(&ca_pem, &server_pem, &server_key)?;
         let quic = tls::quinn_server_config(tls, opts.idle_timeout)?;
         let endpoint = bind_endpoint(quic, opts.listen, &server_key)?;
+        let endpoint_for_loop = endpoint.clone();
         let local_addr = endpoint.local_addr().map_err(|source| ServeError::Bind {
             addr: opts.listen,
             source,
         })?;
 
+        let logs = Arc::new(
+            Logs::new(&dir.logs()).map_err(|source| ServeError::DataDir {
+                path: dir.logs().display().to_string(),
+                source,
+            })?,
+        );
+        let assembler = Arc::new(Assembler::new(&opts.insecure_registries)?);
+        let (engine, inbox) = engine::channel();
+        let scheduler_cfg = opts.scheduler.clone();
         let shared = Arc::new(Shared {
             store,
             ca,
@@ -149,20 +184,43 @@ impl Server {
             opts,
             sessions: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
+            engine: engine.clone(),
+            logs,
+            assembler,
         });
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(endpoint.clone(), shared, cancel.clone()));
+        let cancel_for_loop = cancel.clone();
+        let fatal = CancellationToken::new();
+        let engine_task = tokio::spawn(engine::run(
+            inbox,
+            engine,
+            shared.clone(),
+            scheduler_cfg,
+            cancel.child_token(),
+            fatal.clone(),
+        ));
+        let task = tokio::spawn(async move {
+            accept_loop(endpoint_for_loop, shared, cancel_for_loop).await;
+            let _ = engine_task.await;
+        });
         info!(%local_addr, "coordinator listening");
         Ok(Server {
             local_addr,
             endpoint,
             cancel,
+            fatal,
             task: Some(task),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Resolves when the coordinator hit an error it cannot continue after; the caller
+    /// should shut down and exit non-zero so a service manager restarts it.
+    pub async fn failed(&self) {
+        self.fatal.cancelled().await;
     }
 
     /// Stop accepting, close every connection with a going-away code, wait for the
@@ -201,7 +259,11 @@ fn bind_endpoint(
     seed.update(b"helix quic stateless reset key v1\0");
     seed.update(server_key_pem.as_bytes());
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.finalize());
-    let config = quinn::EndpointConfig::new(Arc::new(key));
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // quinn's default connection-id generator signs ids with a per-process key, so a
+    // restarted coordinator would drop the old connection's packets as invalid instead
+    // of answering them with the reset.
+    config.cid_generator(|| Box::new(RandomCids));
     let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
@@ -341,4 +403,19 @@ async fn refuse_first_stream(conn: &quinn::Connection, code: RejectCode, reason:
 /// The message for a first frame that is not a frame at all.
 pub(crate) fn garbage_reason(e: &str) -> String {
     format!("the first frame is not a Helix message ({e})")
+}
+
+/// Random 8-byte connection ids, valid across restarts (see [`bind_endpoint`]).
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; 8]>())
+    }
+    fn cid_len(&self) -> usize {
+        8
+    }
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -446,3 +446,172 @@ pub fn find_agent<'a>(
 ) -> Option<&'a serde_json::Value> {
     agents.iter().find(|a| a["name"] == name)
 }
+
+/// Fail with the install step when a system tool the tests need is missing: tests
+/// never skip (`./tests/run.sh` installs these).
+#[track_caller]
+pub fn require_tool(tool: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
+        let p = Path::new(dir).join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "{tool} is missing: install it with `apt-get install {package}` (./tests/run.sh does this)"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A local OCI registry (Debian's `docker-registry`) on loopback, storing under a
+/// temp dir, killed by its pid when dropped.
+#[derive(Debug)]
+pub struct Registry {
+    pub addr: String,
+    pub proc: Proc,
+}
+
+impl Registry {
+    pub fn start(root: &Path) -> Registry {
+        let bin = require_tool("docker-registry", "docker-registry");
+        let dir = root.join("registry");
+        std::fs::create_dir_all(&dir).expect("registry dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let proc = Proc::spawn(
+            "registry",
+            &bin,
+            &s(&["serve", path(&config)]),
+            &root.join("registry.log"),
+            &[],
+        );
+        let reg = Registry { addr, proc };
+        wait_for(
+            Duration::from_secs(15),
+            "the registry to answer /v2/",
+            || reg.get("/v2/").filter(|(code, _)| *code == 200),
+        );
+        reg
+    }
+
+    /// A plain HTTP GET; (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.request("GET", path, &[])
+    }
+
+    /// A plain HTTP request with extra headers; (status, body).
+    pub fn request(&self, method: &str, path: &str, headers: &[&str]) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.addr).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", self.addr);
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).ok()?;
+        let mut resp = String::new();
+        stream.read_to_string(&mut resp).ok()?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// `skopeo inspect --raw` of `reference` (without the registry part).
+    pub fn inspect_raw(&self, reference: &str) -> Ran {
+        let skopeo = require_tool("skopeo", "skopeo");
+        run(
+            &skopeo,
+            &s(&[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{}/{reference}", self.addr),
+            ]),
+            &[],
+            CMD_TIMEOUT,
+        )
+    }
+
+    /// `skopeo inspect --config` of `reference` (the image config JSON).
+    pub fn inspect_config(&self, reference: &str) -> serde_json::Value {
+        let skopeo = require_tool("skopeo", "skopeo");
+        let out = run(
+            &skopeo,
+            &s(&[
+                "inspect",
+                "--config",
+                "--tls-verify=false",
+                &format!("docker://{}/{reference}", self.addr),
+            ]),
+            &[],
+            CMD_TIMEOUT,
+        )
+        .ok();
+        serde_json::from_str(&out.stdout).expect("config JSON")
+    }
+}
+
+/// A git repository under `dir` with `files` committed on branch `main`; its
+/// `file://` URL.
+pub fn git_repo(dir: &Path, files: &[(&str, &[u8])]) -> String {
+    let git = require_tool("git", "git");
+    std::fs::create_dir_all(dir).expect("repo dir");
+    let g = |args: &[&str]| {
+        run(&git, &s(args), &[], CMD_TIMEOUT).ok();
+    };
+    let d = path(dir);
+    g(&["-C", d, "init", "-q", "-b", "main"]);
+    for (name, content) in files {
+        let p = dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write repo file");
+        if name.starts_with("bin/") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+    g(&["-C", d, "add", "-A"]);
+    g(&[
+        "-C",
+        d,
+        "-c",
+        "user.name=helix",
+        "-c",
+        "user.email=helix@test",
+        "commit",
+        "-q",
+        "-m",
+        "test",
+    ]);
+    format!("file://{d}")
+}

@@ -224,7 +224,9 @@ fn wrong_roles_versions_and_bad_frames_are_refused() {
     let admin_creds = Creds::admin(&c.admin_bundle());
     let rt = raw::runtime();
 
-    let cases: Vec<(&str, &Creds, Vec<u8>, RejectCode, &str, u32)> = vec![
+    // (what, credentials, bytes, expected code, expected reason, expected close code)
+    type Case<'a> = (&'a str, &'a Creds, Vec<u8>, RejectCode, &'a str, u32);
+    let cases: Vec<Case> = vec![
         (
             "agent certificate sending an admin request",
             &agent_creds,

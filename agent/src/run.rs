@@ -1,0 +1,252 @@
+//! `helix-agent run`: the connection lifecycle as a loop of plain async functions,
+//! connect → handshake → session → back off with jitter → again, until a shutdown is
+//! requested or the coordinator says retrying cannot help.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use helix_protocol::wire::{AgentToCoordinator, RejectCode, PROTOCOL_VERSION};
+use helix_protocol::Platform;
+use helix_transport::tls::{self, TlsError};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::backoff::Backoff;
+use crate::datadir::{DataDir, DataDirError};
+use crate::identity::{AgentIdentity, IdentityError};
+use crate::session::{self, SessionConfig, SessionEnd};
+
+/// The image builder this agent version drives.
+pub const BUILDER: &str = "buildah";
+
+/// What `run` needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub data_dir: DataDir,
+    /// The coordinator `HOST:PORT`; `None` for the one recorded at join.
+    pub coordinator: Option<String>,
+    /// The platforms to advertise (already normalized, not empty).
+    pub platforms: Vec<Platform>,
+    /// How many jobs the agent runs at once.
+    pub capacity: u32,
+    pub labels: BTreeMap<String, String>,
+    /// A connection silent this long is dead; keep-alives go out at a third of it
+    /// (at most every 3 s).
+    pub idle_timeout: Duration,
+}
+
+/// Why `run` stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The data directory is missing something.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// `identity.pem` is unreadable, too open or damaged.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The certificate ran out; only a new enrolment helps.
+    #[error("the agent certificate expired at {}; enrol again with a new token (`helix-agent join`)", rfc3339(*.0))]
+    Expired(OffsetDateTime),
+    /// The coordinator refused this agent in a way retrying cannot change (revoked,
+    /// another protocol version, not an agent of this cluster).
+    #[error("the coordinator refused this agent: {reason}")]
+    Refused { code: RejectCode, reason: String },
+    /// An option is unusable (e.g. a zero idle timeout, a malformed address).
+    #[error("{0}")]
+    InvalidOption(String),
+    /// The TLS configuration cannot be built from the stored identity.
+    #[error("cannot use the stored identity: {0}")]
+    Tls(#[source] TlsError),
+}
+
+impl RunError {
+    /// Whether this is the user's input or setup (exit code 2) rather than a failure.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RunError::InvalidOption(_) | RunError::DataDir(DataDirError::NotJoined { .. })
+        )
+    }
+}
+
+/// Run the agent until `shutdown` is cancelled (`Ok`) or a fatal refusal (`Err`).
+pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), RunError> {
+    let enrollment = opts.data_dir.load_enrollment()?;
+    let ca_pem = opts.data_dir.load_ca()?;
+    let identity = load_identity(&opts.data_dir)?;
+    if identity.info().agent_id != enrollment.agent_id {
+        warn!(
+            "agent.json names agent {}, but the certificate is for {}; the certificate wins",
+            enrollment.agent_id,
+            identity.info().agent_id
+        );
+    }
+    if opts.platforms.is_empty() {
+        return Err(RunError::InvalidOption(
+            "no platform to advertise (give --platform, e.g. linux/amd64)".into(),
+        ));
+    }
+    let keep_alive = keep_alive_for(opts.idle_timeout)?;
+    let coordinator = opts
+        .coordinator
+        .clone()
+        .unwrap_or_else(|| enrollment.coordinator.clone());
+    let hello = AgentToCoordinator::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        platforms: opts.platforms.clone(),
+        capacity: opts.capacity,
+        labels: opts.labels.clone(),
+        builder: BUILDER.to_string(),
+        held: Vec::new(),
+    };
+    let config = SessionConfig {
+        coordinator: &coordinator,
+        ca_pem: &ca_pem,
+        identity_path: opts.data_dir.identity(),
+        idle_timeout: opts.idle_timeout,
+        keep_alive,
+        hello: &hello,
+    };
+    let platforms: Vec<String> = opts.platforms.iter().map(ToString::to_string).collect();
+    let span = tracing::info_span!("agent", agent = %identity.info().agent_id);
+    info!(
+        parent: &span,
+        name = %enrollment.name,
+        cluster = %identity.info().cluster,
+        platforms = %platforms.join(","),
+        capacity = opts.capacity,
+        certificate_valid_until = %rfc3339(identity.info().not_after),
+        "helix-agent {} starting; coordinator {coordinator}",
+        env!("CARGO_PKG_VERSION"),
+    );
+    lifecycle(&config, &opts.data_dir, &shutdown)
+        .instrument(span)
+        .await
+}
+
+/// connect → handshake → session → back off → again.
+async fn lifecycle(
+    config: &SessionConfig<'_>,
+    dir: &DataDir,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let mut backoff = Backoff::new(StdRng::from_os_rng());
+    let mut attempt: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        // Read it again every time: a renewal replaced it.
+        let identity = load_identity(dir)?;
+        attempt = attempt.saturating_add(1);
+        let (reason, connected_for) =
+            match session::connect_and_serve(config, identity, shutdown).await {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Fatal(e) => return Err(e),
+                SessionEnd::Lost {
+                    reason,
+                    connected_for,
+                } => (reason, connected_for),
+            };
+        if let Some(lasted) = connected_for {
+            backoff.reset_after(lasted);
+            attempt = 1;
+        }
+        let delay = backoff.next_delay();
+        warn!(
+            attempt,
+            "{reason}; reconnecting in {:.1}s",
+            delay.as_secs_f64()
+        );
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Reads `identity.pem` and refuses an expired certificate.
+fn load_identity(dir: &DataDir) -> Result<AgentIdentity, RunError> {
+    let path = dir.identity();
+    if !path.exists() {
+        return Err(DataDirError::NotJoined {
+            dir: dir.root().display().to_string(),
+        }
+        .into());
+    }
+    let identity = AgentIdentity::load(&path)?;
+    if identity.info().expired_at(OffsetDateTime::now_utc()) {
+        return Err(RunError::Expired(identity.info().not_after));
+    }
+    Ok(identity)
+}
+
+/// A third of the idle timeout, at most [`tls::DEFAULT_KEEP_ALIVE`]; checks that QUIC
+/// accepts the pair.
+fn keep_alive_for(idle_timeout: Duration) -> Result<Duration, RunError> {
+    let keep_alive = (idle_timeout / 3).min(tls::DEFAULT_KEEP_ALIVE);
+    if idle_timeout < Duration::from_secs(1) {
+        return Err(RunError::InvalidOption(format!(
+            "invalid --idle-timeout {}: it must be at least 1s",
+            humantime::format_duration(idle_timeout)
+        )));
+    }
+    Ok(keep_alive)
+}
+
+/// A timestamp for people: `2025-01-31T12:00:00Z`.
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_is_a_third_of_the_idle_timeout_capped() {
+        let s = Duration::from_secs;
+        assert_eq!(keep_alive_for(s(10)).expect("ok"), s(3));
+        assert_eq!(keep_alive_for(s(3)).expect("ok"), s(1));
+        assert_eq!(keep_alive_for(s(60)).expect("ok"), s(3));
+        assert!(keep_alive_for(Duration::ZERO).is_err());
+        assert!(keep_alive_for(Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_with_a_clear_message() {
+        let ca = helix_transport::pki::ClusterCa::generate("test").expect("ca");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        let (cert, key) = crate::test_support::issue(
+            &ca,
+            helix_protocol::AgentId::new_v4(),
+            Duration::from_secs(1),
+        );
+        AgentIdentity::new(cert, key, OffsetDateTime::now_utc())
+            .expect("identity")
+            .store(&dir.identity())
+            .expect("store");
+        std::thread::sleep(Duration::from_millis(1100));
+        let err = load_identity(&dir).expect_err("expired");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the agent certificate expired at "),
+            "{text}"
+        );
+        assert!(text.contains("enrol again with a new token"), "{text}");
+        assert!(!err.is_usage());
+
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = load_identity(&DataDir::new(empty.path())).expect_err("not joined");
+        assert!(err.is_usage(), "{err}");
+        assert!(err.to_string().contains("helix-agent join"), "{err}");
+    }
+}

@@ -1,0 +1,481 @@
+//! One connection to the coordinator: connect with mutual TLS, say `Hello`, then serve
+//! the control stream (renewing the certificate when it is due) until the connection
+//! ends or a shutdown is requested.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use helix_protocol::wire::{close, AgentToCoordinator, CoordinatorToAgent, RejectCode};
+use helix_protocol::AgentId;
+use helix_transport::connect::{self, describe_close, ConnectError};
+use helix_transport::framed::{self, StreamError};
+use helix_transport::tls;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::identity::AgentIdentity;
+use crate::join::variant_name;
+use crate::renewal::{renewal_deadline, retry_delay, PendingRenewal};
+use crate::run::{rfc3339, RunError};
+
+/// How long the coordinator may take to answer `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the coordinator may take to answer `RenewCertificate`.
+const RENEW_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The renewal deadline is re-checked against the wall clock at least this often, so
+/// a suspended host or a clock step cannot make the agent miss it by much.
+const RECHECK: Duration = Duration::from_secs(60);
+/// How long a shutdown waits for `GoingAway` to be delivered, and then for the close
+/// to reach the coordinator.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Everything a session needs that does not change between connections.
+#[derive(Debug)]
+pub(crate) struct SessionConfig<'a> {
+    pub(crate) coordinator: &'a str,
+    pub(crate) ca_pem: &'a str,
+    pub(crate) identity_path: PathBuf,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) keep_alive: Duration,
+    pub(crate) hello: &'a AgentToCoordinator,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub(crate) enum SessionEnd {
+    /// A shutdown was requested; the coordinator was told and the connection closed.
+    Shutdown,
+    /// No connection, or it was lost or refused for a reason that may pass: try again.
+    /// `connected_for` is how long the session was up, if it got that far.
+    Lost {
+        reason: String,
+        connected_for: Option<Duration>,
+    },
+    /// Retrying cannot help.
+    Fatal(RunError),
+}
+
+fn lost(reason: String) -> SessionEnd {
+    SessionEnd::Lost {
+        reason,
+        connected_for: None,
+    }
+}
+
+/// Connect, say `Hello`, serve the session; close the connection cleanly on the way out.
+pub(crate) async fn connect_and_serve(
+    config: &SessionConfig<'_>,
+    identity: AgentIdentity,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let addr = config.coordinator;
+    let (endpoint, conn) = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return SessionEnd::Shutdown,
+        connected = connect(config, &identity) => match connected {
+            Ok(x) => x,
+            Err(end) => return end,
+        },
+    };
+
+    let handshake = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&conn, config.hello)) => Some(result),
+    };
+    let end = match handshake {
+        None => SessionEnd::Shutdown,
+        Some(Err(_)) => lost(format!(
+            "the coordinator at {addr} did not answer Hello within {}s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        )),
+        Some(Ok(Err(HandshakeError::Rejected { code, reason }))) => refused(addr, code, reason),
+        Some(Ok(Err(HandshakeError::Protocol(what)))) => lost(format!(
+            "the coordinator at {addr} broke the protocol: {what}"
+        )),
+        Some(Ok(Err(HandshakeError::Stream(e)))) => ended(&conn, addr, &e),
+        Some(Ok(Ok((send, recv, agent_id)))) => {
+            info!("connected to {addr} as agent {agent_id}");
+            if agent_id != identity.info().agent_id {
+                warn!(
+                    "the coordinator calls this agent {agent_id}, but its certificate says {}",
+                    identity.info().agent_id
+                );
+            }
+            let connected_at = Instant::now();
+            let mut session = Session {
+                config,
+                conn: &conn,
+                send,
+                identity,
+                pending: None,
+                deadline: OffsetDateTime::now_utc(),
+            };
+            session.schedule_renewal();
+            match session.serve(recv, shutdown).await {
+                SessionEnd::Lost { reason, .. } => SessionEnd::Lost {
+                    reason,
+                    connected_for: Some(connected_at.elapsed()),
+                },
+                other => other,
+            }
+        }
+    };
+    if !matches!(end, SessionEnd::Lost { .. }) {
+        // Shutdown or fatal: make sure the coordinator hears the close before we exit.
+        conn.close(close::NORMAL.into(), b"shutting down");
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
+    }
+    end
+}
+
+/// Resolve, bind, and finish the QUIC + mutual TLS handshake.
+async fn connect(
+    config: &SessionConfig<'_>,
+    identity: &AgentIdentity,
+) -> Result<(quinn::Endpoint, quinn::Connection), SessionEnd> {
+    let addr = config.coordinator;
+    let tls = tls::client_config(config.ca_pem, identity.cert_pem(), identity.key_pem())
+        .map_err(|e| SessionEnd::Fatal(RunError::Tls(e)))?;
+    let quic = tls::quinn_client_config(tls, config.idle_timeout, config.keep_alive)
+        .map_err(|e| SessionEnd::Fatal(RunError::InvalidOption(e.to_string())))?;
+    let (sock, server_name) = connect::resolve(addr).await.map_err(|e| match e {
+        ConnectError::BadAddress(_) => SessionEnd::Fatal(RunError::InvalidOption(e.to_string())),
+        other => lost(other.to_string()),
+    })?;
+    let endpoint = connect::client_endpoint(sock).map_err(|e| lost(e.to_string()))?;
+    debug!(%sock, "connecting");
+    let connecting = endpoint
+        .connect_with(quic, sock, &server_name)
+        .map_err(|e| match e {
+            quinn::ConnectError::InvalidServerName(name) => {
+                SessionEnd::Fatal(RunError::InvalidOption(format!(
+                    "invalid coordinator address {addr:?}: {name:?} is not a valid server name"
+                )))
+            }
+            other => lost(format!("cannot connect to {addr}: {other}")),
+        })?;
+    match connecting.await {
+        Ok(conn) => Ok((endpoint, conn)),
+        Err(e) => Err(lost(format!(
+            "cannot connect to {addr}: {}",
+            describe_close(&e)
+        ))),
+    }
+}
+
+#[derive(Debug)]
+enum HandshakeError {
+    Rejected { code: RejectCode, reason: String },
+    Protocol(String),
+    Stream(StreamError),
+}
+
+impl From<StreamError> for HandshakeError {
+    fn from(e: StreamError) -> Self {
+        HandshakeError::Stream(e)
+    }
+}
+
+/// Open the control stream, send `Hello`, read `Welcome` (or `Rejected`). The TLS
+/// handshake can succeed before the coordinator has looked at our certificate, so only
+/// this application reply says the session is open.
+async fn handshake(
+    conn: &quinn::Connection,
+    hello: &AgentToCoordinator,
+) -> Result<(quinn::SendStream, quinn::RecvStream, AgentId), HandshakeError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(StreamError::Connection)?;
+    framed::write_frame(&mut send, hello).await?;
+    match framed::read_frame::<CoordinatorToAgent>(&mut recv).await? {
+        Some(CoordinatorToAgent::Welcome {
+            protocol_version,
+            coordinator_version,
+            agent_id,
+        }) => {
+            debug!(protocol_version, %coordinator_version, "welcome");
+            Ok((send, recv, agent_id))
+        }
+        Some(CoordinatorToAgent::Rejected { code, reason }) => {
+            Err(HandshakeError::Rejected { code, reason })
+        }
+        Some(other) => Err(HandshakeError::Protocol(format!(
+            "expected Welcome or Rejected, got {}",
+            variant_name(&other)
+        ))),
+        None => Err(StreamError::Closed.into()),
+    }
+}
+
+/// Whether a refusal is final: retrying cannot change a revocation, a protocol
+/// version, or a certificate that is not an agent of this cluster.
+fn is_final(code: RejectCode) -> bool {
+    matches!(
+        code,
+        RejectCode::Revoked | RejectCode::VersionMismatch | RejectCode::WrongRole
+    )
+}
+
+fn refused(addr: &str, code: RejectCode, reason: String) -> SessionEnd {
+    if is_final(code) {
+        SessionEnd::Fatal(RunError::Refused { code, reason })
+    } else {
+        lost(format!(
+            "the coordinator at {addr} refused the session ({code:?}): {reason}"
+        ))
+    }
+}
+
+/// How a connection that failed with `e` ended: the close code decides whether it is
+/// final (revoked, version mismatch, unauthorized) or worth another try.
+fn ended(conn: &quinn::Connection, addr: &str, e: &StreamError) -> SessionEnd {
+    let Some(reason) = conn.close_reason() else {
+        return lost(format!("the session with {addr} failed: {e}"));
+    };
+    if let quinn::ConnectionError::ApplicationClosed(c) = &reason {
+        let code = match u32::try_from(c.error_code.into_inner()) {
+            Ok(close::REVOKED) => Some(RejectCode::Revoked),
+            Ok(close::VERSION_MISMATCH) => Some(RejectCode::VersionMismatch),
+            Ok(close::UNAUTHORIZED) => Some(RejectCode::WrongRole),
+            _ => None,
+        };
+        if let Some(code) = code {
+            let reason = match code {
+                RejectCode::Revoked => {
+                    "this agent has been revoked; enrol it again with a new join token".into()
+                }
+                _ => describe_close(&reason),
+            };
+            return SessionEnd::Fatal(RunError::Refused { code, reason });
+        }
+    }
+    lost(format!(
+        "connection to {addr} lost: {}",
+        describe_close(&reason)
+    ))
+}
+
+/// Reads the next control frame, handing the stream back with it so the read can live
+/// across `select!` iterations without losing half a frame.
+async fn next_frame(
+    mut recv: quinn::RecvStream,
+) -> (
+    quinn::RecvStream,
+    Result<Option<CoordinatorToAgent>, StreamError>,
+) {
+    let frame = framed::read_frame(&mut recv).await;
+    (recv, frame)
+}
+
+/// An open session.
+struct Session<'a> {
+    config: &'a SessionConfig<'a>,
+    conn: &'a quinn::Connection,
+    send: quinn::SendStream,
+    identity: AgentIdentity,
+    /// The new key of a renewal in flight, and when it was asked for.
+    pending: Option<(PendingRenewal, Instant)>,
+    /// When to start the next renewal.
+    deadline: OffsetDateTime,
+}
+
+impl Session<'_> {
+    async fn serve(&mut self, recv: quinn::RecvStream, shutdown: &CancellationToken) -> SessionEnd {
+        let addr = self.config.coordinator;
+        let mut reading = Box::pin(next_frame(recv));
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    self.going_away().await;
+                    return SessionEnd::Shutdown;
+                }
+                (recv, frame) = &mut reading => {
+                    match frame {
+                        Ok(Some(msg)) => {
+                            if let Some(end) = self.handle(msg).await {
+                                return end;
+                            }
+                            reading.set(next_frame(recv));
+                        }
+                        Ok(None) => {
+                            return lost(format!("the coordinator at {addr} closed the control stream"));
+                        }
+                        Err(e) => return ended(self.conn, addr, &e),
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if let Err(e) = self.on_timer().await {
+                        return ended(self.conn, addr, &e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One control frame from the coordinator; `Some` ends the session.
+    async fn handle(&mut self, msg: CoordinatorToAgent) -> Option<SessionEnd> {
+        match msg {
+            CoordinatorToAgent::CertificateRenewed { cert_pem } => self.renewed(cert_pem),
+            CoordinatorToAgent::Rejected { code, reason } => {
+                if is_final(code) {
+                    return Some(SessionEnd::Fatal(RunError::Refused { code, reason }));
+                }
+                if self.pending.take().is_some() {
+                    let delay = self.retry_later();
+                    warn!(
+                        "the coordinator refused to renew the certificate: {reason}; retrying in {}s",
+                        delay.as_secs()
+                    );
+                } else {
+                    warn!(?code, "the coordinator rejected a request: {reason}");
+                }
+            }
+            CoordinatorToAgent::Assign(assignment) => {
+                warn!(
+                    job = %assignment.job,
+                    attempt = assignment.attempt,
+                    platform = %assignment.platform,
+                    "received a job, but this agent version cannot run jobs yet; ignoring it"
+                );
+            }
+            CoordinatorToAgent::Cancel { job, attempt, .. } => {
+                info!(%job, attempt, "cancel for a job this agent is not running; ignoring it");
+            }
+            CoordinatorToAgent::Ack { job, attempt } => {
+                debug!(%job, attempt, "ack for a job this agent holds no result of; ignoring it");
+            }
+            other @ (CoordinatorToAgent::Welcome { .. } | CoordinatorToAgent::Joined { .. }) => {
+                warn!(
+                    "unexpected {} in a session; ignoring it",
+                    variant_name(&other)
+                );
+            }
+        }
+        None
+    }
+
+    /// When the session loop should next look at the renewal: the reply timeout of a
+    /// renewal in flight, or the deadline (re-checked at least every [`RECHECK`]).
+    fn next_wake(&self) -> Instant {
+        if let Some((_, sent_at)) = &self.pending {
+            return *sent_at + RENEW_REPLY_TIMEOUT;
+        }
+        let until =
+            Duration::try_from(self.deadline - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO);
+        Instant::now() + until.min(RECHECK)
+    }
+
+    /// The timer fired: give up on an unanswered renewal, or start one that is due.
+    async fn on_timer(&mut self) -> Result<(), StreamError> {
+        if let Some((_, sent_at)) = &self.pending {
+            if sent_at.elapsed() >= RENEW_REPLY_TIMEOUT {
+                self.pending = None;
+                let delay = self.retry_later();
+                warn!(
+                    "the coordinator did not answer the certificate renewal within {}s; retrying in {}s",
+                    RENEW_REPLY_TIMEOUT.as_secs(),
+                    delay.as_secs()
+                );
+            }
+            return Ok(());
+        }
+        if OffsetDateTime::now_utc() < self.deadline {
+            return Ok(());
+        }
+        let (pending, csr_der) = match PendingRenewal::start() {
+            Ok(x) => x,
+            Err(e) => {
+                let delay = self.retry_later();
+                error!(
+                    "cannot renew the certificate: {e}; retrying in {}s",
+                    delay.as_secs()
+                );
+                return Ok(());
+            }
+        };
+        info!(
+            "renewing the certificate (valid until {})",
+            rfc3339(self.identity.info().not_after)
+        );
+        framed::write_frame(
+            &mut self.send,
+            &AgentToCoordinator::RenewCertificate { csr_der },
+        )
+        .await?;
+        self.pending = Some((pending, Instant::now()));
+        Ok(())
+    }
+
+    /// `CertificateRenewed`: check it, store it with the new key, renew again later.
+    fn renewed(&mut self, cert_pem: String) {
+        let Some((pending, _)) = self.pending.take() else {
+            warn!("the coordinator sent a certificate this agent did not ask for; ignoring it");
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let renewed = match pending.complete(&self.identity, self.config.ca_pem, cert_pem, now) {
+            Ok(renewed) => renewed,
+            Err(e) => {
+                let delay = self.retry_later();
+                warn!(
+                    "{e}; keeping the current certificate and retrying in {}s",
+                    delay.as_secs()
+                );
+                return;
+            }
+        };
+        if let Err(e) = renewed.store(&self.config.identity_path) {
+            let delay = self.retry_later();
+            error!(
+                "cannot store the renewed certificate: {e}; keeping the current one and retrying in {}s",
+                delay.as_secs()
+            );
+            return;
+        }
+        info!(
+            "renewed certificate, valid until {}",
+            rfc3339(renewed.info().not_after)
+        );
+        self.identity = renewed;
+        self.schedule_renewal();
+    }
+
+    fn schedule_renewal(&mut self) {
+        let info = self.identity.info();
+        self.deadline =
+            renewal_deadline(info.not_before, info.not_after, self.identity.received_at());
+        debug!(deadline = %rfc3339(self.deadline), "next certificate renewal");
+    }
+
+    /// Moves the deadline a little into the future after a failed renewal.
+    fn retry_later(&mut self) -> Duration {
+        let now = OffsetDateTime::now_utc();
+        let delay = retry_delay(now, self.identity.info().not_after);
+        self.deadline = now + delay;
+        delay
+    }
+
+    /// Tell the coordinator we leave on purpose, and give it a moment to hear it (it
+    /// closes the connection in reply).
+    async fn going_away(&mut self) {
+        info!("shutting down: telling the coordinator");
+        let goodbye = AgentToCoordinator::GoingAway {
+            reason: "shutting down".into(),
+        };
+        let said = async {
+            framed::write_frame(&mut self.send, &goodbye).await?;
+            let _ = self.send.finish();
+            self.conn.closed().await;
+            Ok::<_, StreamError>(())
+        };
+        match tokio::time::timeout(GOODBYE_TIMEOUT, said).await {
+            Ok(Ok(())) => debug!("the coordinator closed the session"),
+            Ok(Err(e)) => debug!("could not say goodbye: {e}"),
+            Err(_) => debug!("the coordinator did not close the session in time"),
+        }
+    }
+}

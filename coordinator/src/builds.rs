@@ -1,0 +1,251 @@
+//! Admin requests about builds: submit, list, get, cancel, wait, logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use helix_protocol::build::Source;
+use helix_protocol::wire::{AdminResponse, BuildView, RejectCode};
+use helix_protocol::{Build, BuildId, BuildPhase, BuildSpec, Job, JobId, Platform};
+use helix_transport::framed;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::info;
+
+use crate::clock::now;
+use crate::scheduler::Input;
+use crate::server::Shared;
+
+/// How often `build logs --follow` looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Most builds one `build list` returns.
+const MAX_LIST: u32 = 1000;
+
+fn error(code: RejectCode, message: impl Into<String>) -> AdminResponse {
+    AdminResponse::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> AdminResponse {
+    error(
+        RejectCode::Internal,
+        format!("the coordinator's store failed: {e}"),
+    )
+}
+
+/// Validate, pin and store a build; answer with its view once it is committed.
+pub(crate) async fn submit(shared: &Arc<Shared>, spec: BuildSpec) -> AdminResponse {
+    if let Err(e) = spec.validate(shared.opts.allow_file_repos) {
+        return error(RejectCode::BadRequest, e.to_string());
+    }
+    let commit = match &spec.source {
+        Source::Git { repo, reference } => match crate::git::pin(repo, reference).await {
+            Ok(commit) => Some(commit),
+            Err(e) => return error(RejectCode::BadRequest, e.to_string()),
+        },
+        Source::Context { .. } => {
+            return error(RejectCode::BadRequest, "builds from an uploaded context are not supported by this coordinator version yet: use --repo and --ref");
+        }
+    };
+    let created_at = now();
+    let id = BuildId::new_v4();
+    let jobs: Vec<Job> = spec
+        .platforms
+        .iter()
+        .map(|p| Job::new(JobId::new_v4(), id, p.clone(), created_at))
+        .collect();
+    let build = Build {
+        id,
+        commit,
+        jobs: jobs.iter().map(|j| j.id()).collect(),
+        spec,
+        phase: BuildPhase::Building,
+        created_at,
+        updated_at: created_at,
+    };
+    info!(build = %id, tag = %build.spec.tag, commit = ?build.commit, platforms = build.spec.platforms.len(), "build submitted");
+    match shared.engine.submit(build, jobs).await {
+        Ok(Ok(())) => view(shared, id).await,
+        Ok(Err(e)) => internal(e),
+        Err(e) => error(RejectCode::Internal, e.to_string()),
+    }
+}
+
+/// A build as `build get` shows it: live from the scheduler while active, else from
+/// the store.
+pub(crate) async fn view(shared: &Arc<Shared>, id: BuildId) -> AdminResponse {
+    match load(shared, id).await {
+        Ok(Some(v)) => AdminResponse::Build(Box::new(v)),
+        Ok(None) => error(RejectCode::NotFound, format!("no build {id}")),
+        Err(e) => e,
+    }
+}
+
+async fn load(shared: &Arc<Shared>, id: BuildId) -> Result<Option<BuildView>, AdminResponse> {
+    let (build, jobs) = match shared.engine.active(id).await {
+        Some(x) => x,
+        None => match shared.store.run(move |s| s.build_with_jobs(id)).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(internal(e)),
+        },
+    };
+    let state = build.state(&jobs);
+    let notes = if state.is_terminal() {
+        Vec::new()
+    } else {
+        shared.engine.notes(id).await
+    };
+    Ok(Some(BuildView {
+        build,
+        jobs,
+        state,
+        notes,
+    }))
+}
+
+pub(crate) async fn list(shared: &Arc<Shared>, limit: u32) -> AdminResponse {
+    let limit = limit.clamp(1, MAX_LIST) as usize;
+    let builds = match shared.store.run(move |s| s.recent_builds(limit)).await {
+        Ok(b) => b,
+        Err(e) => return internal(e),
+    };
+    let mut views = Vec::with_capacity(builds.len());
+    for b in builds {
+        match load(shared, b.id).await {
+            Ok(Some(v)) => views.push(v),
+            Ok(None) => {}
+            Err(e) => return e,
+        }
+    }
+    AdminResponse::Builds(views)
+}
+
+pub(crate) async fn cancel(shared: &Arc<Shared>, id: BuildId) -> AdminResponse {
+    match load(shared, id).await {
+        Ok(Some(v)) if v.state.is_terminal() => {
+            return error(
+                RejectCode::Conflict,
+                format!("build {id} already {}", v.state),
+            );
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => return error(RejectCode::NotFound, format!("no build {id}")),
+        Err(e) => return e,
+    }
+    if shared
+        .engine
+        .input(Input::Cancel {
+            build: id,
+            reason: "cancelled by an admin".into(),
+        })
+        .await
+        .is_err()
+    {
+        return error(RejectCode::Internal, "the coordinator is shutting down");
+    }
+    info!(build = %id, "build cancelled");
+    view(shared, id).await
+}
+
+/// Answer when the build reaches a terminal state.
+pub(crate) async fn wait(shared: &Arc<Shared>, id: BuildId) -> AdminResponse {
+    let mut done = shared.engine.subscribe_done();
+    loop {
+        match load(shared, id).await {
+            Ok(Some(v)) if v.state.is_terminal() => return AdminResponse::Build(Box::new(v)),
+            Ok(Some(_)) => {}
+            Ok(None) => return error(RejectCode::NotFound, format!("no build {id}")),
+            Err(e) => return e,
+        }
+        loop {
+            match done.recv().await {
+                Ok(b) if b == id => break,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => {
+                    return error(RejectCode::Internal, "the coordinator is shutting down")
+                }
+            }
+        }
+    }
+}
+
+/// Stream a build's logs; with `follow`, until every selected job has ended.
+pub(crate) async fn logs(
+    shared: &Arc<Shared>,
+    send: &mut quinn::SendStream,
+    id: BuildId,
+    platform: Option<Platform>,
+    follow: bool,
+) -> Result<(), framed::StreamError> {
+    let first = match load(shared, id).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return framed::write_frame(
+                send,
+                &error(RejectCode::NotFound, format!("no build {id}")),
+            )
+            .await
+        }
+        Err(e) => return framed::write_frame(send, &e).await,
+    };
+    let selected: Vec<(JobId, Platform)> = first
+        .jobs
+        .iter()
+        .filter(|j| platform.as_ref().is_none_or(|p| j.platform() == p))
+        .map(|j| (j.id(), j.platform().clone()))
+        .collect();
+    if selected.is_empty() {
+        let msg = match &platform {
+            Some(p) => format!("build {id} has no job for {p}"),
+            None => format!("build {id} has no jobs"),
+        };
+        return framed::write_frame(send, &error(RejectCode::NotFound, msg)).await;
+    }
+    let mut offsets = vec![0u64; selected.len()];
+    loop {
+        // Decide whether this is the last round before reading, so output written
+        // just before the end is still sent.
+        let finished = match load(shared, id).await {
+            Ok(Some(v)) => {
+                v.state.is_terminal()
+                    || selected.iter().all(|(j, _)| {
+                        v.jobs
+                            .iter()
+                            .any(|x| x.id() == *j && x.state().is_terminal())
+                    })
+            }
+            _ => true,
+        };
+        for (i, (job, platform)) in selected.iter().enumerate() {
+            let logs = shared.logs.clone();
+            let (job_id, from) = (*job, offsets[i]);
+            let data = tokio::task::spawn_blocking(move || logs.read_from(job_id, from))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            if data.is_empty() {
+                continue;
+            }
+            offsets[i] += data.len() as u64;
+            for piece in data.chunks(256 * 1024) {
+                framed::write_frame(
+                    send,
+                    &AdminResponse::Log {
+                        job: *job,
+                        platform: platform.clone(),
+                        data: piece.to_vec(),
+                    },
+                )
+                .await?;
+            }
+        }
+        if !follow || finished {
+            break;
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+    framed::write_frame(send, &AdminResponse::LogEnd).await
+}

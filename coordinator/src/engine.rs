@@ -1,0 +1,305 @@
+//! The driver of the [`Scheduler`]: an actor that owns it, feeds it inputs from agent
+//! sessions, admin requests and a clock tick, and carries out its outputs in order —
+//! commit to the store, then send to agents, then start assemblies.
+//!
+//! A store write that fails is fatal: the in-memory state is then ahead of the disk,
+//! and the only safe recovery is a restart from the store (every state change is
+//! committed before it is acted on, so nothing acknowledged is lost). The engine
+//! cancels `fatal` and the server stops; a service manager restarts it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use helix_protocol::{AgentId, Build, BuildId, Digest, Job, JobId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::assembler::Assembler;
+use crate::clock::now;
+use crate::logs::Logs;
+use crate::scheduler::{Input, Output, Scheduler, SchedulerConfig};
+use crate::server::Shared;
+use crate::store::{Store, StoreError};
+
+/// Messages waiting for the engine before senders wait.
+const INBOX: usize = 1024;
+/// How often time passes for the scheduler (grace periods).
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+enum Msg {
+    Input(Input),
+    /// A submit, answered once it is committed.
+    Submit {
+        build: Build,
+        jobs: Vec<Job>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Notes {
+        build: BuildId,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    Holds {
+        agent: AgentId,
+        job: JobId,
+        attempt: u32,
+        reply: oneshot::Sender<bool>,
+    },
+    Active {
+        build: BuildId,
+        reply: oneshot::Sender<Option<(Build, Vec<Job>)>>,
+    },
+}
+
+/// A cheap handle for sending to the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineHandle {
+    tx: mpsc::Sender<Msg>,
+    done: broadcast::Sender<BuildId>,
+}
+
+/// The engine is gone (shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator is shutting down")]
+pub(crate) struct EngineGone;
+
+impl EngineHandle {
+    pub(crate) async fn input(&self, input: Input) -> Result<(), EngineGone> {
+        self.tx
+            .send(Msg::Input(input))
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    /// Submit a build; returns once the build and its jobs are committed.
+    pub(crate) async fn submit(
+        &self,
+        build: Build,
+        jobs: Vec<Job>,
+    ) -> Result<Result<(), String>, EngineGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Submit { build, jobs, reply })
+            .await
+            .map_err(|_| EngineGone)?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    pub(crate) async fn notes(&self, build: BuildId) -> Vec<String> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Notes { build, reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub(crate) async fn holds(&self, agent: AgentId, job: JobId, attempt: u32) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::Holds {
+                agent,
+                job,
+                attempt,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// The live state of an active build, if it is active.
+    pub(crate) async fn active(&self, build: BuildId) -> Option<(Build, Vec<Job>)> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Active { build, reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Terminal builds, as they happen.
+    pub(crate) fn subscribe_done(&self) -> broadcast::Receiver<BuildId> {
+        self.done.subscribe()
+    }
+}
+
+/// Create the engine's channels; [`run`] consumes the receiving side.
+pub(crate) fn channel() -> (EngineHandle, EngineInbox) {
+    let (tx, rx) = mpsc::channel(INBOX);
+    let (done, _) = broadcast::channel(1024);
+    (
+        EngineHandle {
+            tx,
+            done: done.clone(),
+        },
+        EngineInbox { rx, done },
+    )
+}
+
+/// The receiving side of the engine's channel.
+#[derive(Debug)]
+pub(crate) struct EngineInbox {
+    rx: mpsc::Receiver<Msg>,
+    done: broadcast::Sender<BuildId>,
+}
+
+/// Resume every active build from the store, then serve until `cancel`.
+pub(crate) async fn run(
+    inbox: EngineInbox,
+    handle: EngineHandle,
+    shared: Arc<Shared>,
+    cfg: SchedulerConfig,
+    cancel: CancellationToken,
+    fatal: CancellationToken,
+) {
+    let EngineInbox { mut rx, done } = inbox;
+    let mut engine = Engine {
+        scheduler: Scheduler::new(cfg),
+        store: shared.store.clone(),
+        shared: shared.clone(),
+        logs: shared.logs.clone(),
+        assembler: shared.assembler.clone(),
+        assemblies: JoinSet::new(),
+        handle,
+        done,
+    };
+    match engine.store.run(|s| s.active_builds()).await {
+        Ok(active) => {
+            if !active.is_empty() {
+                info!(
+                    builds = active.len(),
+                    "resuming active builds from the store"
+                );
+            }
+            for (build, jobs) in active {
+                if engine.step(Input::Resume { build, jobs }).await.is_err() {
+                    fatal.cancel();
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            error!("cannot load active builds: {e}");
+            fatal.cancel();
+            return;
+        }
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            Some(joined) = engine.assemblies.join_next(), if !engine.assemblies.is_empty() => {
+                match joined {
+                    Ok((build, result)) => engine.step(Input::Assembled { build, result }).await,
+                    Err(e) => { warn!("an assembly task failed: {e}"); Ok(()) }
+                }
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                engine.message(msg).await
+            }
+            _ = tick.tick() => engine.step(Input::Tick).await,
+        };
+        if let Err(e) = result {
+            error!("store write failed, stopping so a restart recovers from the store: {e}");
+            fatal.cancel();
+            break;
+        }
+    }
+    engine.assemblies.abort_all();
+    while engine.assemblies.join_next().await.is_some() {}
+}
+
+struct Engine {
+    scheduler: Scheduler,
+    store: Store,
+    shared: Arc<Shared>,
+    logs: Arc<Logs>,
+    assembler: Arc<Assembler>,
+    assemblies: JoinSet<(BuildId, Result<Digest, String>)>,
+    #[allow(dead_code)]
+    handle: EngineHandle,
+    done: broadcast::Sender<BuildId>,
+}
+
+impl Engine {
+    async fn message(&mut self, msg: Msg) -> Result<(), StoreError> {
+        match msg {
+            Msg::Input(input) => self.step(input).await,
+            Msg::Submit { build, jobs, reply } => {
+                let result = self.step(Input::Submit { build, jobs }).await;
+                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                result
+            }
+            Msg::Notes { build, reply } => {
+                let _ = reply.send(self.scheduler.notes(build));
+                Ok(())
+            }
+            Msg::Holds {
+                agent,
+                job,
+                attempt,
+                reply,
+            } => {
+                let _ = reply.send(self.scheduler.holds(agent, job, attempt));
+                Ok(())
+            }
+            Msg::Active { build, reply } => {
+                let _ = reply.send(self.scheduler.active(build));
+                Ok(())
+            }
+        }
+    }
+
+    /// One input through the scheduler, and its outputs carried out in order.
+    async fn step(&mut self, input: Input) -> Result<(), StoreError> {
+        let outputs = self.scheduler.handle(input, now());
+        for output in outputs {
+            match output {
+                Output::Persist(records) => self.store.run(move |s| s.commit(&records)).await?,
+                Output::Send { agent, msg } => {
+                    let tx = self
+                        .shared
+                        .sessions
+                        .lock()
+                        .expect("sessions lock poisoned")
+                        .get(&agent)
+                        .map(|h| h.tx.clone());
+                    match tx {
+                        // The session writes promptly; if its queue is full it is stuck
+                        // and will be dropped, which the scheduler hears as AgentDown.
+                        Some(tx) => {
+                            if tx.try_send(msg).is_err() {
+                                warn!(%agent, "agent session queue full or closed; message dropped");
+                            }
+                        }
+                        None => info!(%agent, "agent not connected; message dropped"),
+                    }
+                }
+                Output::Assemble { build, jobs } => {
+                    let assembler = self.assembler.clone();
+                    let id = build.id;
+                    info!(build = %id, "assembling the image index");
+                    self.assemblies
+                        .spawn(async move { (id, assembler.assemble(&build, &jobs).await) });
+                }
+                Output::BuildDone { build } => {
+                    if let Some((_, jobs)) =
+                        self.store.run(move |s| s.build_with_jobs(build)).await?
+                    {
+                        for j in &jobs {
+                            self.logs.close(j.id());
+                        }
+                    }
+                    let _ = self.done.send(build);
+                }
+            }
+        }
+        Ok(())
+    }
+}
