@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
 # Helix quickstart: on a fresh Debian machine, as root.
 #
-# Today this builds the binaries and brings up a secure cluster on loopback: a
-# coordinator and two agents (one advertising linux/arm64) enrolled with join tokens,
-# then lists them. The build flow (submit -> buildah -> push -> multi-arch index) is
-# the next milestone and is NOT available yet; this script says so instead of
-# pretending to build anything.
+# Installs what is missing, builds the binaries, and runs a whole cluster on
+# loopback: a local OCI registry, a coordinator, and two agents (the second
+# advertises linux/arm64: the example has no RUN step, so it builds natively on any
+# machine). It submits a linux/amd64 + linux/arm64 build of deploy/examples/hello,
+# follows its output, prints the pushed multi-arch index, and stops everything it
+# started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-need=()
-command -v git >/dev/null || need+=(git)
-command -v cc >/dev/null || need+=(gcc)
-if [ ${#need[@]} -gt 0 ]; then
-  say "Installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+PACKAGES=(git buildah skopeo docker-registry ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+command -v cc >/dev/null || missing+=(gcc)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "Installing ${missing[*]}"
+  [ "$(id -u)" -eq 0 ] || { echo "error: installing packages needs root: sudo $0" >&2; exit 2; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v cargo >/dev/null || { echo "error: cargo is missing; install the Rust toolchain (https://rustup.rs) first" >&2; exit 2; }
+command -v cargo >/dev/null || { echo "error: cargo is missing; install the Rust toolchain (rustup) first" >&2; exit 2; }
 
-say "Building release binaries"
+say "Building release binaries (cargo build --release)"
 cargo build --release --locked -p helix-coordinator -p helix-agent
 BIN=$PWD/target/release
 
@@ -28,23 +34,53 @@ WORK=$(mktemp -d /tmp/helix-quickstart.XXXXXX)
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  echo "Logs are in $WORK"
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo
+  echo "Stopped everything this script started. Logs and data are in $WORK"
 }
 trap cleanup EXIT
 
-say "Initializing a coordinator in $WORK/coordinator"
-"$BIN/helix-coordinator" init --data-dir "$WORK/coordinator" --cluster quickstart
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+  || echo $((20000 + RANDOM % 20000)); }
 
-say "Starting the coordinator on 127.0.0.1 (a free UDP port)"
-"$BIN/helix-coordinator" serve --data-dir "$WORK/coordinator" --listen 127.0.0.1:0 2>"$WORK/coordinator.log" &
+say "Starting a local OCI registry (docker-registry) on 127.0.0.1"
+REG_PORT=$(free_port)
+REGISTRY=127.0.0.1:$REG_PORT
+mkdir -p "$WORK/registry"
+cat > "$WORK/registry/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+YAML
+docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do
-  ADDR=$(grep -o 'listening on .*' "$WORK/coordinator.log" | head -1 | awk '{print $3}') || true
-  [ -n "${ADDR:-}" ] && break
+  (exec 3<>"/dev/tcp/127.0.0.1/$REG_PORT") 2>/dev/null && break
   sleep 0.1
 done
-[ -n "${ADDR:-}" ] || { cat "$WORK/coordinator.log"; echo "error: the coordinator did not start" >&2; exit 1; }
+echo "registry at http://$REGISTRY"
+
+say "Initializing the coordinator (cluster CA, certificates, store) in $WORK/coordinator"
+"$BIN/helix-coordinator" init --data-dir "$WORK/coordinator" --cluster quickstart
+
+say "Starting the coordinator (mutual-TLS QUIC on 127.0.0.1)"
+"$BIN/helix-coordinator" serve --data-dir "$WORK/coordinator" --listen 127.0.0.1:0 \
+  --allow-file-repos --insecure-registry "$REGISTRY" 2>"$WORK/coordinator.log" &
+PIDS+=($!)
+ADDR=
+for _ in $(seq 100); do
+  ADDR=$(grep -o 'listening on [^ ]*' "$WORK/coordinator.log" | head -1 | awk '{print $3}') || true
+  [ -n "$ADDR" ] && break
+  sleep 0.1
+done
+[ -n "$ADDR" ] || { cat "$WORK/coordinator.log"; echo "error: the coordinator did not start" >&2; exit 1; }
 echo "coordinator listening on $ADDR"
 export HELIX_COORDINATOR=$ADDR HELIX_ADMIN_CERT=$WORK/coordinator/admin.pem
 
@@ -53,17 +89,30 @@ for spec in "amd64-1:linux/amd64" "arm64-1:linux/arm64"; do
   say "Enrolling agent $name ($platform) with a one-time join token"
   TOKEN=$("$BIN/helix-coordinator" token create --ttl 10m)
   "$BIN/helix-agent" join --coordinator "$ADDR" --token "$TOKEN" --data-dir "$WORK/$name" --name "$name"
-  "$BIN/helix-agent" run --data-dir "$WORK/$name" --platform "$platform" 2>"$WORK/$name.log" &
+  "$BIN/helix-agent" run --data-dir "$WORK/$name" --platform "$platform" \
+    --insecure-registry "$REGISTRY" 2>"$WORK/$name.log" &
   PIDS+=($!)
 done
-
-say "Agents (helix-coordinator agents list)"
-for _ in $(seq 50); do
+for _ in $(seq 100); do
   [ "$("$BIN/helix-coordinator" agents list --json | grep -c '"connected": true')" -ge 2 ] && break
   sleep 0.1
 done
+
+say "Agents (helix-coordinator agents list)"
 "$BIN/helix-coordinator" agents list
 
-say "Not available yet: submitting a multi-arch build"
-echo "The build lifecycle (build submit, buildah on the agents, push by digest, index"
-echo "assembly) is the next milestone of Helix; this quickstart stops here honestly."
+say "Creating the example repository from deploy/examples/hello"
+REPO=$WORK/example-repo
+cp -r deploy/examples/hello "$REPO"
+git -C "$REPO" init -q -b main
+git -C "$REPO" add -A
+git -C "$REPO" -c user.name=quickstart -c user.email=quickstart@localhost commit -q -m "hello"
+echo "file://$REPO at commit $(git -C "$REPO" rev-parse --short HEAD)"
+
+say "Submitting a linux/amd64 + linux/arm64 build (build submit --follow)"
+"$BIN/helix-coordinator" build submit --repo "file://$REPO" --ref main \
+  --platform linux/amd64,linux/arm64 --tag "$REGISTRY/quickstart/hello:latest" --follow
+
+say "The multi-arch index in the registry (skopeo inspect --raw)"
+skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/quickstart/hello:latest"
+echo

@@ -176,12 +176,20 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
             "Hello was already received on this connection",
         ),
         AdminRequest::ListAgents => match shared.store.run(|s| s.agents()).await {
-            Ok(records) => AdminResponse::Agents(
-                records
-                    .iter()
-                    .map(|r| r.info(shared.connected(r.id), 0))
-                    .collect(),
-            ),
+            Ok(records) => {
+                let holding = shared.engine.holding().await;
+                AdminResponse::Agents(
+                    records
+                        .iter()
+                        .map(|r| {
+                            r.info(
+                                shared.connected(r.id),
+                                holding.get(&r.id).copied().unwrap_or(0),
+                            )
+                        })
+                        .collect(),
+                )
+            }
             Err(e) => store_error(e),
         },
         AdminRequest::UpdateAgent { agent, action } => update_agent(shared, agent, action).await,
@@ -247,7 +255,14 @@ async fn update_agent(shared: &Arc<Shared>, agent: AgentId, action: AgentAction)
             h.conn.close(close::REVOKED.into(), b"agent revoked");
         }
     }
-    AdminResponse::Agent(updated.info(shared.connected(agent), 0))
+    let running = shared
+        .engine
+        .holding()
+        .await
+        .get(&agent)
+        .copied()
+        .unwrap_or(0);
+    AdminResponse::Agent(updated.info(shared.connected(agent), running))
 }
 
 async fn create_token(shared: &Arc<Shared>, ttl_secs: u64, uses: u32) -> AdminResponse {

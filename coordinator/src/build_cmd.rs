@@ -159,6 +159,7 @@ fn spec_from(args: &SubmitArgs) -> Result<BuildSpec, UsageError> {
         tag,
         no_cache: args.no_cache,
         fail_fast: !args.no_fail_fast,
+        timeout_secs: args.timeout.as_secs().max(1),
     })
 }
 

@@ -136,6 +136,9 @@ pub(crate) struct SubmitArgs {
     /// Let the other platforms finish when one fails.
     #[arg(long)]
     pub(crate) no_fail_fast: bool,
+    /// Fail the build if it has not finished this long after submit.
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: std::time::Duration,
     /// Wait for the build to end (exit 0 if it succeeded, 1 otherwise).
     #[arg(long)]
     pub(crate) wait: bool,

@@ -169,9 +169,33 @@ async fn agents_inner(client: &AdminClient, cmd: AgentsCommand) -> anyhow::Resul
         })
         .await?
     {
-        AdminResponse::Agent(info) => {
+        AdminResponse::Agent(mut info) => {
+            if action == AgentAction::Drain {
+                // Drain reports done once the agent's running jobs have finished.
+                if info.running_jobs > 0 && !arg.json {
+                    eprintln!(
+                        "agent {} is draining; waiting for {} running job(s) to finish",
+                        info.name, info.running_jobs
+                    );
+                }
+                while info.running_jobs > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    info = list_agents(client)
+                        .await?
+                        .into_iter()
+                        .find(|a| a.id == info.id)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("agent {} disappeared while draining", info.id)
+                        })?;
+                }
+            }
             if arg.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
+            } else if action == AgentAction::Drain {
+                println!(
+                    "agent {} ({}) is drained: no jobs running, no new work",
+                    info.name, info.id
+                );
             } else {
                 println!("agent {} ({}) is now {}", info.name, info.id, info.state);
             }

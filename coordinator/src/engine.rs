@@ -31,6 +31,9 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum Msg {
     Input(Input),
+    Holding {
+        reply: oneshot::Sender<std::collections::BTreeMap<AgentId, u32>>,
+    },
     /// A submit, answered once it is committed.
     Submit {
         build: Build,
@@ -118,6 +121,15 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Active { build, reply }).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// How many jobs each agent holds.
+    pub(crate) async fn holding(&self) -> std::collections::BTreeMap<AgentId, u32> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Holding { reply }).await.is_err() {
+            return Default::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Terminal builds, as they happen.
@@ -251,6 +263,10 @@ impl Engine {
             }
             Msg::Active { build, reply } => {
                 let _ = reply.send(self.scheduler.active(build));
+                Ok(())
+            }
+            Msg::Holding { reply } => {
+                let _ = reply.send(self.scheduler.holding());
                 Ok(())
             }
         }

@@ -242,7 +242,10 @@ impl Scheduler {
             } => self.finished(agent, job, attempt, outcome, now, &mut out),
             Input::Cancel { build, reason } => self.cancel_build(build, &reason, now, &mut out),
             Input::Assembled { build, result } => self.assembled(build, result, now, &mut out),
-            Input::Tick => self.expire_grace(now, &mut out),
+            Input::Tick => {
+                self.expire_grace(now, &mut out);
+                self.expire_builds(now, &mut out);
+            }
         }
         self.dispatch(now, &mut out);
         out
@@ -533,6 +536,41 @@ impl Scheduler {
         }
     }
 
+    /// Fail builds that ran past their timeout: their jobs are cancelled on the agents.
+    fn expire_builds(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        let expired: Vec<(BuildId, u64)> = self
+            .builds
+            .values()
+            .filter(|b| {
+                now >= b
+                    .created_at
+                    .saturating_add(Duration::from_secs(b.spec.timeout_secs))
+            })
+            .map(|b| (b.id, b.spec.timeout_secs))
+            .collect();
+        for (id, secs) in expired {
+            let reason = format!(
+                "timed out after {}",
+                humantime::format_duration(Duration::from_secs(secs))
+            );
+            warn!(build = %id, "{reason}");
+            let job_ids = self
+                .builds
+                .get(&id)
+                .map(|b| b.jobs.clone())
+                .unwrap_or_default();
+            for job in job_ids {
+                self.cancel_job(job, &reason, now, out);
+            }
+            if let Some(build) = self.builds.get_mut(&id) {
+                build.phase = BuildPhase::Failed { reason };
+                build.updated_at = now;
+                out.push(Output::Persist(vec![Record::Build(build.clone())]));
+            }
+            self.retire(id, out);
+        }
+    }
+
     fn cancel_build(
         &mut self,
         build_id: BuildId,
@@ -802,8 +840,15 @@ impl Scheduler {
         Some((build.clone(), jobs))
     }
 
-    /// Queued jobs per platform that no connected agent can build (for metrics and
-    /// notes).
+    /// How many jobs each known agent holds now.
+    pub fn holding(&self) -> BTreeMap<AgentId, u32> {
+        self.agents
+            .iter()
+            .map(|(id, v)| (*id, u32::try_from(v.holding.len()).unwrap_or(u32::MAX)))
+            .collect()
+    }
+
+    /// How many jobs wait in the queue.
     pub fn queued(&self) -> usize {
         self.queue.len()
     }

@@ -45,6 +45,18 @@ pub struct BuildSpec {
     pub no_cache: bool,
     /// Cancel the other platforms as soon as one fails (the default).
     pub fail_fast: bool,
+    /// The build fails with `timed out` if it has not finished this many seconds
+    /// after submit.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// Two hours: long enough for big images on slow nodes, short enough that a wedged
+/// build does not hold a queue for a day.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 2 * 3600;
+
+fn default_timeout_secs() -> u64 {
+    DEFAULT_TIMEOUT_SECS
 }
 
 /// A submit refused before anything was stored. Each variant names the field.
@@ -67,6 +79,8 @@ pub enum SpecError {
     },
     #[error("invalid --platform: {reason}")]
     Platforms { reason: String },
+    #[error("invalid --timeout: {reason}")]
+    Timeout { reason: String },
 }
 
 /// URL schemes a repository may use. `file` is for tests and single-host setups and
@@ -132,6 +146,11 @@ impl BuildSpec {
         }
         validate_pairs("build-arg", &self.build_args)?;
         validate_pairs("label", &self.labels)?;
+        if self.timeout_secs == 0 {
+            return Err(SpecError::Timeout {
+                reason: "the timeout must be at least 1s".into(),
+            });
+        }
         if self.platforms.is_empty() {
             return Err(SpecError::Platforms {
                 reason: "at least one platform is required".into(),

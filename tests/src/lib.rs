@@ -404,15 +404,14 @@ impl Agent {
 
     /// `helix-agent run` in the background with `extra` flags.
     pub fn start(&mut self, extra: &[&str]) {
+        self.start_with_env(extra, &[]);
+    }
+
+    /// `helix-agent run` with extra flags and environment.
+    pub fn start_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let mut args = s(&["run", "--data-dir", path(&self.dir)]);
         args.extend(s(extra));
-        self.proc = Some(Proc::spawn(
-            &self.name,
-            &bin("helix-agent"),
-            &args,
-            &self.log,
-            &[],
-        ));
+        self.proc = Some(Proc::spawn(&self.name, &bin("helix-agent"), &args, &self.log, env));
     }
 
     pub fn proc(&mut self) -> &mut Proc {
@@ -614,4 +613,105 @@ pub fn git_repo(dir: &Path, files: &[(&str, &[u8])]) -> String {
         "test",
     ]);
     format!("file://{d}")
+}
+
+/// A whole cluster for build tests: a registry, a coordinator that accepts `file://`
+/// repositories and reaches the registry over plain HTTP, and running agents.
+#[derive(Debug)]
+pub struct BuildCluster {
+    pub registry: Registry,
+    pub coordinator: Coordinator,
+    pub agents: Vec<Agent>,
+}
+
+impl BuildCluster {
+    /// Start with one agent per `(name, platforms)`; `platforms` is passed as
+    /// `--platform` flags (an "arm64 agent" on this amd64 machine advertises
+    /// linux/arm64 and builds Dockerfiles without RUN steps).
+    pub fn start(root: &Path, agents: &[(&str, &[&str])]) -> BuildCluster {
+        Self::start_with(root, agents, &[])
+    }
+
+    /// Like [`BuildCluster::start`], with extra environment for the agents (e.g. a
+    /// PATH with a misbehaving builder in front).
+    pub fn start_with(root: &Path, agents: &[(&str, &[&str])], agent_env: &[(&str, &str)]) -> BuildCluster {
+        require_tool("buildah", "buildah");
+        let registry = Registry::start(root);
+        let mut coordinator = Coordinator::init(root, "coord", "test");
+        coordinator.start(&["--allow-file-repos", "--insecure-registry", &registry.addr]);
+        let mut started = Vec::new();
+        for (name, platforms) in agents {
+            let mut agent = Agent::new(root, name);
+            agent.join(coordinator.addr(), &coordinator.token(&[])).ok();
+            let mut flags = vec!["--insecure-registry", registry.addr.as_str()];
+            for p in platforms.iter() {
+                flags.push("--platform");
+                flags.push(p);
+            }
+            agent.start_with_env(&flags, agent_env);
+            started.push(agent);
+        }
+        for agent in &started {
+            wait_for(Duration::from_secs(10), "agents to connect", || {
+                find_agent(&coordinator.agents(), &agent.name).filter(|a| a["connected"] == true).map(|_| ())
+            });
+        }
+        BuildCluster { registry, coordinator, agents: started }
+    }
+
+    /// `build submit` with these extra arguments; returns the build id (stdout).
+    pub fn submit(&self, repo: &str, platforms: &str, tag: &str, extra: &[&str]) -> String {
+        let mut args = vec!["build", "submit", "--repo", repo, "--ref", "main", "--platform", platforms, "--tag", tag];
+        args.extend_from_slice(extra);
+        self.coordinator.admin(&args).ok().stdout.trim().to_string()
+    }
+
+    /// `build get --json`, parsed.
+    pub fn get(&self, id: &str) -> serde_json::Value {
+        let out = self.coordinator.admin(&["build", "get", id, "--json"]).ok();
+        serde_json::from_str(&out.stdout).expect("build get --json")
+    }
+
+    /// `build wait`: the exit code and the build as JSON.
+    pub fn wait(&self, id: &str) -> (Option<i32>, serde_json::Value) {
+        let out = self.coordinator.admin(&["build", "wait", id, "--json"]);
+        let v = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("build wait --json: {out:?}"));
+        (out.code, v)
+    }
+
+    /// The full image reference of `repo_tag` in this cluster's registry.
+    pub fn image(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.registry.addr)
+    }
+}
+
+/// The digest each job of a `build get --json` result reports, by platform.
+pub fn job_digests(build: &serde_json::Value) -> Vec<(String, String)> {
+    build["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| {
+            let digest = j["state"]["Succeeded"]["result"]["digest"].as_str()?;
+            Some((j["platform"].as_str()?.to_string(), digest.to_string()))
+        })
+        .collect()
+}
+
+/// Pids of processes whose command line contains `needle` (read from /proc).
+pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
 }

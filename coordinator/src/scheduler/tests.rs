@@ -48,6 +48,7 @@ fn build(n: u8, repo: &str, platforms: &[&str], at: Timestamp) -> (Build, Vec<Jo
             tag: "localhost:5000/app:v1".parse().expect("valid"),
             no_cache: false,
             fail_fast: true,
+            timeout_secs: 7200,
         },
         commit: Some("c0ffee".into()),
         jobs: jobs.iter().map(|j| j.id()).collect(),
@@ -551,4 +552,37 @@ fn resumed_jobs_of_an_agent_that_never_returns_are_requeued_after_the_grace_peri
     assert!(assigns(&s.handle(Input::Tick, t(120))).is_empty());
     let out = s.handle(Input::Tick, t(200));
     assert_eq!(assigns(&out), [(agent(2), j[0].id(), 2)]);
+}
+
+#[test]
+fn a_build_past_its_timeout_fails_and_its_jobs_are_cancelled() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    up(&mut s, agent(1), &["linux/amd64"], 1, t(0));
+    let (mut b, j) = build(1, "r", &["linux/amd64", "linux/riscv64"], t(0));
+    b.spec.timeout_secs = 60;
+    s.handle(
+        Input::Submit {
+            build: b.clone(),
+            jobs: j.clone(),
+        },
+        t(0),
+    );
+    assert!(!s
+        .handle(Input::Tick, t(59))
+        .contains(&Output::BuildDone { build: b.id }));
+    let out = s.handle(Input::Tick, t(60));
+    assert!(
+        out.contains(&Output::Send {
+            agent: agent(1),
+            msg: CoordinatorToAgent::Cancel {
+                job: j[0].id(),
+                attempt: 1,
+                reason: "timed out after 1m".into()
+            }
+        }),
+        "{out:?}"
+    );
+    assert!(out.contains(&Output::BuildDone { build: b.id }));
+    let failed = out.iter().any(|o| matches!(o, Output::Persist(r) if r.iter().any(|r| matches!(r, Record::Build(x) if x.phase == BuildPhase::Failed { reason: "timed out after 1m".into() }))));
+    assert!(failed, "{out:?}");
 }

@@ -14,6 +14,7 @@ fn spec() -> BuildSpec {
         tag: "localhost:5000/app:v1".parse().expect("valid"),
         no_cache: false,
         fail_fast: true,
+        timeout_secs: 7200,
     }
 }
 

@@ -53,6 +53,7 @@ fn spec() -> BuildSpec {
             .expect("valid"),
         no_cache: false,
         fail_fast: true,
+        timeout_secs: 7200,
     }
 }
 fn build_view() -> BuildView {

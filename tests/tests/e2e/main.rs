@@ -1,5 +1,6 @@
 //! End-to-end tests: real `helix-coordinator` and `helix-agent` processes on loopback.
 //! One test binary, one module per area.
 
+mod builds;
 mod cluster;
 mod raw;
