@@ -885,3 +885,6 @@ fn assignment_for(build: &Build, job: &Job) -> Assignment {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod simulation;
