@@ -484,6 +484,13 @@ async fn session_loop(
                         };
                         framed::write_frame(send, &reply).await?;
                     }
+                    AgentToCoordinator::Draining { deadline_secs } => {
+                        info!(deadline_secs, "agent is draining; no new work for it");
+                        let input = Input::AgentSchedulable { agent: id, schedulable: false };
+                        if shared.engine.input(input).await.is_err() {
+                            return Ok("coordinator shutting down");
+                        }
+                    }
                     AgentToCoordinator::Accepted { job, attempt } => {
                         tracing::debug!(%job, attempt, "assignment accepted");
                     }

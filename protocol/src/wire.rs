@@ -158,6 +158,10 @@ pub enum AgentToCoordinator {
     },
     /// The agent is shutting down or draining and closes the session on purpose.
     GoingAway { reason: String },
+    /// The agent is draining (it got SIGTERM): give it no new work. Its running jobs
+    /// go on until they finish or `deadline_secs` pass, when it reports them failed
+    /// (infrastructure) so they are requeued elsewhere.
+    Draining { deadline_secs: u64 },
 }
 
 /// Coordinator → agent, on the control stream.

@@ -5,6 +5,8 @@
 //! Every process is a [`Proc`], killed (by its pid) when dropped, so a failing test
 //! never leaves processes behind.
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -247,8 +249,18 @@ pub struct Coordinator {
     pub dir: PathBuf,
     pub addr: Option<String>,
     pub proc: Option<Proc>,
+    /// The network namespace it runs in (None: the test's own, on loopback).
+    pub ns: Option<String>,
     log: PathBuf,
     extra: Vec<String>,
+}
+
+/// `program args`, run inside `ns` when one is given.
+pub fn in_ns(ns: &Option<String>, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    match ns {
+        Some(ns) => netns::Lab::wrap(ns, program, args),
+        None => (program.to_path_buf(), args.to_vec()),
+    }
 }
 
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -265,13 +277,26 @@ impl Coordinator {
         )
         .ok();
         let log = root.join(format!("{name}.log"));
-        Coordinator {
-            dir,
-            addr: None,
-            proc: None,
-            log,
-            extra: Vec::new(),
+        Coordinator { dir, addr: None, proc: None, ns: None, log, extra: Vec::new() }
+    }
+
+    /// Like [`Coordinator::init`], for a coordinator that runs in namespace `ns`
+    /// (listening on all its addresses).
+    pub fn init_in(root: &Path, name: &str, cluster: &str, ns: &str, sans: &[&str]) -> Coordinator {
+        let dir = root.join(name);
+        let mut args = s(&["init", "--data-dir", path(&dir), "--cluster", cluster]);
+        for san in sans {
+            args.extend(s(&["--san", san]));
         }
+        run(&bin("helix-coordinator"), &args, &[], CMD_TIMEOUT).ok();
+        let log = root.join(format!("{name}.log"));
+        Coordinator { dir, addr: None, proc: None, ns: Some(ns.to_string()), log, extra: Vec::new() }
+    }
+
+    /// The address agents on a host whose hub address is `hub_ip` dial.
+    pub fn addr_via(&self, hub_ip: &str) -> String {
+        let port = self.addr().rsplit(':').next().expect("port");
+        format!("{hub_ip}:{port}")
     }
 
     /// Start `serve` on an ephemeral loopback port (or the port it had, after a
@@ -282,22 +307,19 @@ impl Coordinator {
     }
 
     fn spawn(&mut self) {
-        let listen = self
-            .addr
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let listen = match (&self.addr, &self.ns) {
+            (Some(addr), None) => addr.clone(),
+            (Some(addr), Some(_)) => format!("0.0.0.0:{}", addr.rsplit(':').next().expect("port")),
+            (None, None) => "127.0.0.1:0".to_string(),
+            (None, Some(_)) => "0.0.0.0:0".to_string(),
+        };
         let mut args = s(&["serve", "--data-dir", path(&self.dir), "--listen", &listen]);
         args.extend(self.extra.iter().cloned());
         let start_len = std::fs::metadata(&self.log)
             .map(|m| m.len() as usize)
             .unwrap_or(0);
-        let proc = Proc::spawn(
-            "coordinator",
-            &bin("helix-coordinator"),
-            &args,
-            &self.log,
-            &[],
-        );
+        let (program, args) = in_ns(&self.ns, &bin("helix-coordinator"), &args);
+        let proc = Proc::spawn("coordinator", &program, &args, &self.log, &[]);
         let log = self.log.clone();
         let addr = wait_for(Duration::from_secs(15), "the coordinator to listen", || {
             let text = std::fs::read_to_string(&log).ok()?;
@@ -306,7 +328,9 @@ impl Coordinator {
                 .lines()
                 .find(|l| l.contains("helix-coordinator listening on "))?
                 .to_string();
-            Some(line.rsplit(' ').next()?.to_string())
+            let addr = line.rsplit(' ').next()?.to_string();
+            // Inside a namespace, admin commands reach it over that namespace's loopback.
+            Some(addr.replace("0.0.0.0:", "127.0.0.1:"))
         });
         self.addr = Some(addr);
         self.proc = Some(proc);
@@ -341,7 +365,8 @@ impl Coordinator {
             "--data-dir",
             path(&self.dir),
         ]));
-        run(&bin("helix-coordinator"), &all, &[], CMD_TIMEOUT)
+        let (program, all) = in_ns(&self.ns, &bin("helix-coordinator"), &all);
+        run(&program, &all, &[], CMD_TIMEOUT)
     }
 
     /// A fresh join token.
@@ -369,6 +394,8 @@ pub struct Agent {
     pub dir: PathBuf,
     pub name: String,
     pub proc: Option<Proc>,
+    /// The network namespace it runs in (None: the test's own).
+    pub ns: Option<String>,
     log: PathBuf,
 }
 
@@ -378,13 +405,15 @@ impl Agent {
             dir: root.join(name),
             name: name.to_string(),
             proc: None,
+            ns: None,
             log: root.join(format!("{name}.log")),
         }
     }
 
     /// `helix-agent join`; the result for the caller to check.
     pub fn join(&self, coordinator: &str, token: &str) -> Ran {
-        run(
+        let (program, args) = in_ns(
+            &self.ns,
             &bin("helix-agent"),
             &s(&[
                 "join",
@@ -397,9 +426,8 @@ impl Agent {
                 "--name",
                 &self.name,
             ]),
-            &[],
-            CMD_TIMEOUT,
-        )
+        );
+        run(&program, &args, &[], CMD_TIMEOUT)
     }
 
     /// `helix-agent run` in the background with `extra` flags.
@@ -411,7 +439,8 @@ impl Agent {
     pub fn start_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let mut args = s(&["run", "--data-dir", path(&self.dir)]);
         args.extend(s(extra));
-        self.proc = Some(Proc::spawn(&self.name, &bin("helix-agent"), &args, &self.log, env));
+        let (program, args) = in_ns(&self.ns, &bin("helix-agent"), &args);
+        self.proc = Some(Proc::spawn(&self.name, &program, &args, &self.log, env));
     }
 
     pub fn proc(&mut self) -> &mut Proc {
@@ -480,15 +509,23 @@ pub fn free_port() -> u16 {
 pub struct Registry {
     pub addr: String,
     pub proc: Proc,
+    pub ns: Option<String>,
 }
 
 impl Registry {
     pub fn start(root: &Path) -> Registry {
+        Registry::start_in(root, None, "127.0.0.1")
+    }
+
+    /// A registry in namespace `ns` (or the test's own), listening on `ip`. Inside a
+    /// namespace only [`Registry::inspect_raw`] and friends work (they run skopeo
+    /// there); the HTTP helpers need the test's own namespace.
+    pub fn start_in(root: &Path, ns: Option<&str>, ip: &str) -> Registry {
         let bin = require_tool("docker-registry", "docker-registry");
         let dir = root.join("registry");
         std::fs::create_dir_all(&dir).expect("registry dir");
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
@@ -498,19 +535,18 @@ impl Registry {
             ),
         )
         .expect("registry config");
-        let proc = Proc::spawn(
-            "registry",
-            &bin,
-            &s(&["serve", path(&config)]),
-            &root.join("registry.log"),
-            &[],
-        );
-        let reg = Registry { addr, proc };
-        wait_for(
-            Duration::from_secs(15),
-            "the registry to answer /v2/",
-            || reg.get("/v2/").filter(|(code, _)| *code == 200),
-        );
+        let ns = ns.map(str::to_string);
+        let (program, args) = in_ns(&ns, &bin, &s(&["serve", path(&config)]));
+        let proc = Proc::spawn("registry", &program, &args, &root.join("registry.log"), &[]);
+        let reg = Registry { addr, proc, ns };
+        wait_for(Duration::from_secs(15), "the registry to answer /v2/", || match &reg.ns {
+            None => reg.get("/v2/").filter(|(code, _)| *code == 200).map(|_| ()),
+            Some(_) => {
+                let probe = format!(": </dev/tcp/{ip}/{port}");
+                let (program, args) = in_ns(&reg.ns, Path::new("/bin/bash"), &s(&["-c", &probe]));
+                (run(&program, &args, &[], CMD_TIMEOUT).code == Some(0)).then_some(())
+            }
+        });
         reg
     }
 
@@ -546,7 +582,8 @@ impl Registry {
     /// `skopeo inspect --raw` of `reference` (without the registry part).
     pub fn inspect_raw(&self, reference: &str) -> Ran {
         let skopeo = require_tool("skopeo", "skopeo");
-        run(
+        let (skopeo, args) = in_ns(
+            &self.ns,
             &skopeo,
             &s(&[
                 "inspect",
@@ -554,9 +591,8 @@ impl Registry {
                 "--tls-verify=false",
                 &format!("docker://{}/{reference}", self.addr),
             ]),
-            &[],
-            CMD_TIMEOUT,
-        )
+        );
+        run(&skopeo, &args, &[], CMD_TIMEOUT)
     }
 
     /// `skopeo inspect --config` of `reference` (the image config JSON).
@@ -635,15 +671,30 @@ impl BuildCluster {
     /// Like [`BuildCluster::start`], with extra environment for the agents (e.g. a
     /// PATH with a misbehaving builder in front).
     pub fn start_with(root: &Path, agents: &[(&str, &[&str])], agent_env: &[(&str, &str)]) -> BuildCluster {
+        Self::start_opts(root, agents, agent_env, &[], &[])
+    }
+
+    /// Full control: extra `serve` flags for the coordinator and `run` flags for
+    /// every agent.
+    pub fn start_opts(
+        root: &Path,
+        agents: &[(&str, &[&str])],
+        agent_env: &[(&str, &str)],
+        serve_flags: &[&str],
+        agent_flags: &[&str],
+    ) -> BuildCluster {
         require_tool("buildah", "buildah");
         let registry = Registry::start(root);
         let mut coordinator = Coordinator::init(root, "coord", "test");
-        coordinator.start(&["--allow-file-repos", "--insecure-registry", &registry.addr]);
+        let mut serve = vec!["--allow-file-repos", "--insecure-registry", registry.addr.as_str()];
+        serve.extend_from_slice(serve_flags);
+        coordinator.start(&serve);
         let mut started = Vec::new();
         for (name, platforms) in agents {
             let mut agent = Agent::new(root, name);
             agent.join(coordinator.addr(), &coordinator.token(&[])).ok();
             let mut flags = vec!["--insecure-registry", registry.addr.as_str()];
+            flags.extend_from_slice(agent_flags);
             for p in platforms.iter() {
                 flags.push("--platform");
                 flags.push(p);

@@ -162,6 +162,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         AgentToCoordinator::GoingAway {
             reason: "shutdown".into(),
         },
+        AgentToCoordinator::Draining { deadline_secs: 600 },
     ];
     let coord_msgs = [
         CoordinatorToAgent::Welcome {
@@ -253,7 +254,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | AgentToCoordinator::Accepted { .. }
             | AgentToCoordinator::Started { .. }
             | AgentToCoordinator::Finished { .. }
-            | AgentToCoordinator::GoingAway { .. } => {}
+            | AgentToCoordinator::GoingAway { .. }
+            | AgentToCoordinator::Draining { .. } => {}
         }
     }
     for m in &coord_msgs {
@@ -303,6 +305,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         "started",
         "finished",
         "going_away",
+        "draining",
     ];
     for (n, m) in names.iter().zip(&agent_msgs) {
         out.push((*n, enc(m)));

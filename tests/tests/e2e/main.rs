@@ -3,4 +3,5 @@
 
 mod builds;
 mod cluster;
+mod faults;
 mod raw;
