@@ -384,6 +384,7 @@ impl Scheduler {
         };
         let Some(job) = self.jobs.get(&job_id) else {
             // A job of a build that is over (or unknown): nothing to record.
+            info!(%agent, job = %job_id, attempt, "ignored a report for a job whose build is over");
             out.push(ack);
             return;
         };

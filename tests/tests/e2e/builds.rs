@@ -19,8 +19,14 @@ fn busybox() -> Vec<u8> {
 #[test]
 fn a_two_platform_build_pushes_one_index_with_both_platforms() {
     let root = tmp();
-    let cluster = BuildCluster::start(root.path(), &[("amd64-1", &["linux/amd64"]), ("arm64-1", &["linux/arm64"])]);
-    let repo = git_repo(&root.path().join("repo"), &[("Dockerfile", SIMPLE), ("hello.txt", b"hello\n")]);
+    let cluster = BuildCluster::start(
+        root.path(),
+        &[("amd64-1", &["linux/amd64"]), ("arm64-1", &["linux/arm64"])],
+    );
+    let repo = git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", SIMPLE), ("hello.txt", b"hello\n")],
+    );
     let tag = cluster.image("demo/app:v1");
     let id = cluster.submit(&repo, "linux/amd64,linux/arm64", &tag, &[]);
     let (code, done) = cluster.wait(&id);
@@ -30,35 +36,64 @@ fn a_two_platform_build_pushes_one_index_with_both_platforms() {
     let build = cluster.get(&id);
     let digests = job_digests(&build);
     assert_eq!(digests.len(), 2, "{build:#}");
-    let index_digest = build["build"]["phase"]["Succeeded"]["index_digest"].as_str().expect("index digest").to_string();
+    let index_digest = build["build"]["phase"]["Succeeded"]["index_digest"]
+        .as_str()
+        .expect("index digest")
+        .to_string();
 
     let raw = cluster.registry.inspect_raw("demo/app:v1").ok();
     let index: serde_json::Value = serde_json::from_str(&raw.stdout).expect("index JSON");
-    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
     let manifests = index["manifests"].as_array().expect("manifests");
     let mut listed: Vec<(String, String)> = manifests
         .iter()
         .map(|m| {
             let p = &m["platform"];
-            assert!(p.get("variant").is_none(), "no variant for amd64/arm64: {p}");
-            (format!("{}/{}", p["os"].as_str().expect("os"), p["architecture"].as_str().expect("arch")), m["digest"].as_str().expect("digest").to_string())
+            assert!(
+                p.get("variant").is_none(),
+                "no variant for amd64/arm64: {p}"
+            );
+            (
+                format!(
+                    "{}/{}",
+                    p["os"].as_str().expect("os"),
+                    p["architecture"].as_str().expect("arch")
+                ),
+                m["digest"].as_str().expect("digest").to_string(),
+            )
         })
         .collect();
     listed.sort();
     let mut expected = digests.clone();
     expected.sort();
-    assert_eq!(listed, expected, "the index lists exactly the digests build get reports");
+    assert_eq!(
+        listed, expected,
+        "the index lists exactly the digests build get reports"
+    );
     // The index pushed is the one recorded.
     let raw_digest = format!("sha256:{}", sha256_hex(raw.stdout.as_bytes()));
     assert_eq!(raw_digest, index_digest);
 
-    let arm = &digests.iter().find(|(p, _)| p == "linux/arm64").expect("arm64 job").1;
+    let arm = &digests
+        .iter()
+        .find(|(p, _)| p == "linux/arm64")
+        .expect("arm64 job")
+        .1;
     let config = cluster.registry.inspect_config(&format!("demo/app@{arm}"));
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(config["os"], "linux");
     // No per-arch tag was pushed: the only tag is v1.
-    let (_, tags) = cluster.registry.get("/v2/demo/app/tags/list").expect("tags list");
-    assert!(tags.contains("\"v1\"") && !tags.contains("arm64") && !tags.contains("amd64"), "{tags}");
+    let (_, tags) = cluster
+        .registry
+        .get("/v2/demo/app/tags/list")
+        .expect("tags list");
+    assert!(
+        tags.contains("\"v1\"") && !tags.contains("arm64") && !tags.contains("amd64"),
+        "{tags}"
+    );
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -68,9 +103,18 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("sha256sum");
-    child.stdin.take().expect("stdin").write_all(bytes).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("hash").to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("hash")
+        .to_string()
 }
 
 #[test]
@@ -79,31 +123,62 @@ fn a_run_step_builds_and_its_output_is_in_the_logs() {
     let cluster = BuildCluster::start(root.path(), &[("amd64-1", &["linux/amd64"])]);
     let dockerfile = b"FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo run-step-marker-$((6*7))\"]\n";
     let bb = busybox();
-    let repo = git_repo(&root.path().join("repo"), &[("Dockerfile", dockerfile), ("bin/busybox", &bb)]);
+    let repo = git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", dockerfile), ("bin/busybox", &bb)],
+    );
     let id = cluster.submit(&repo, "linux/amd64", &cluster.image("demo/run:v1"), &[]);
     let (code, done) = cluster.wait(&id);
     assert_eq!(code, Some(0), "{done:#}");
-    let logs = cluster.coordinator.admin(&["build", "logs", &id]).ok().stdout;
-    assert!(logs.contains("run-step-marker-42"), "the RUN step's output is in the logs:\n{logs}");
-    let platform_logs = cluster.coordinator.admin(&["build", "logs", &id, "--platform", "linux/amd64"]).ok().stdout;
+    let logs = cluster
+        .coordinator
+        .admin(&["build", "logs", &id])
+        .ok()
+        .stdout;
+    assert!(
+        logs.contains("run-step-marker-42"),
+        "the RUN step's output is in the logs:\n{logs}"
+    );
+    let platform_logs = cluster
+        .coordinator
+        .admin(&["build", "logs", &id, "--platform", "linux/amd64"])
+        .ok()
+        .stdout;
     assert!(platform_logs.contains("run-step-marker-42"));
 }
 
 #[test]
 fn a_failing_dockerfile_fails_the_build_and_pushes_no_index() {
     let root = tmp();
-    let cluster = BuildCluster::start(root.path(), &[("amd64-1", &["linux/amd64"]), ("arm64-1", &["linux/arm64"])]);
+    let cluster = BuildCluster::start(
+        root.path(),
+        &[("amd64-1", &["linux/amd64"]), ("arm64-1", &["linux/arm64"])],
+    );
     let dockerfile = b"FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo failing-step-marker; exit 3\"]\n";
     let bb = busybox();
-    let repo = git_repo(&root.path().join("repo"), &[("Dockerfile", dockerfile), ("bin/busybox", &bb)]);
+    let repo = git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", dockerfile), ("bin/busybox", &bb)],
+    );
     let id = cluster.submit(&repo, "linux/amd64", &cluster.image("demo/fail:v1"), &[]);
     let (code, done) = cluster.wait(&id);
     assert_eq!(code, Some(1), "{done:#}");
     assert_eq!(done["state"], "Failed");
-    let human = cluster.coordinator.admin(&["build", "get", &id]).ok().stdout;
+    let human = cluster
+        .coordinator
+        .admin(&["build", "get", &id])
+        .ok()
+        .stdout;
     assert!(human.contains("failed"), "{human}");
-    assert!(human.contains("status 3") || human.contains("exit status 3"), "the builder's exit status is shown:\n{human}");
-    let logs = cluster.coordinator.admin(&["build", "logs", &id]).ok().stdout;
+    assert!(
+        human.contains("status 3") || human.contains("exit status 3"),
+        "the builder's exit status is shown:\n{human}"
+    );
+    let logs = cluster
+        .coordinator
+        .admin(&["build", "logs", &id])
+        .ok()
+        .stdout;
     assert!(logs.contains("failing-step-marker"), "{logs}");
     let inspect = cluster.registry.inspect_raw("demo/fail:v1");
     assert_ne!(inspect.code, Some(0), "no index was pushed: {inspect:?}");
@@ -116,7 +191,10 @@ fn cancel_stops_the_builder_within_five_seconds() {
     // A distinctive sleep length so the test finds exactly this builder's process.
     let dockerfile = b"FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo sleeping-now; /bin/busybox sleep 2917\"]\n";
     let bb = busybox();
-    let repo = git_repo(&root.path().join("repo"), &[("Dockerfile", dockerfile), ("bin/busybox", &bb)]);
+    let repo = git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", dockerfile), ("bin/busybox", &bb)],
+    );
     let id = cluster.submit(&repo, "linux/amd64", &cluster.image("demo/cancel:v1"), &[]);
     wait_for(Duration::from_secs(60), "the RUN step to start", || {
         let logs = cluster.coordinator.admin(&["build", "logs", &id]).stdout;
@@ -124,7 +202,11 @@ fn cancel_stops_the_builder_within_five_seconds() {
     });
     let cancelled_at = std::time::Instant::now();
     cluster.coordinator.admin(&["build", "cancel", &id]).ok();
-    wait_for(Duration::from_secs(5), "the builder's processes to be gone", || pids_with_cmdline("sleep 2917").is_empty().then_some(()));
+    wait_for(
+        Duration::from_secs(5),
+        "the builder's processes to be gone",
+        || pids_with_cmdline("sleep 2917").is_empty().then_some(()),
+    );
     eprintln!("builder gone {:?} after cancel", cancelled_at.elapsed());
     let (code, done) = cluster.wait(&id);
     assert_eq!(code, Some(1));
@@ -150,39 +232,88 @@ fn an_agent_that_builds_the_wrong_architecture_is_caught() {
     .expect("write shim");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let cluster = BuildCluster::start_with(root.path(), &[("liar", &["linux/arm64"])], &[("PATH", &path)]);
-    let repo = git_repo(&root.path().join("repo"), &[("Dockerfile", SIMPLE), ("hello.txt", b"hi\n")]);
+    let path = format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cluster = BuildCluster::start_with(
+        root.path(),
+        &[("liar", &["linux/arm64"])],
+        &[("PATH", &path)],
+    );
+    let repo = git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", SIMPLE), ("hello.txt", b"hi\n")],
+    );
     let id = cluster.submit(&repo, "linux/arm64", &cluster.image("demo/liar:v1"), &[]);
     let (code, done) = cluster.wait(&id);
     assert_eq!(code, Some(1), "{done:#}");
-    let reason = done["build"]["phase"]["Failed"]["reason"].as_str().expect("failure reason");
-    assert!(reason.contains("linux/arm64") && reason.contains("linux/amd64"), "names both platforms: {reason}");
-    assert_ne!(cluster.registry.inspect_raw("demo/liar:v1").code, Some(0), "no index pushed");
+    let reason = done["build"]["phase"]["Failed"]["reason"]
+        .as_str()
+        .expect("failure reason");
+    assert!(
+        reason.contains("linux/arm64") && reason.contains("linux/amd64"),
+        "names both platforms: {reason}"
+    );
+    assert_ne!(
+        cluster.registry.inspect_raw("demo/liar:v1").code,
+        Some(0),
+        "no index pushed"
+    );
 }
 
 #[test]
 fn bad_submits_are_refused_with_a_message_and_store_nothing() {
     let root = tmp();
     let cluster = BuildCluster::start(root.path(), &[]);
-    let repo = git_repo(&root.path().join("repo"), &[("Dockerfile", SIMPLE), ("hello.txt", b"hi\n")]);
+    let repo = git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", SIMPLE), ("hello.txt", b"hi\n")],
+    );
     let tag = cluster.image("demo/app:v1");
     let c = &cluster.coordinator;
     let submit = |repo: &str, reference: &str, platform: &str, tag: &str| {
-        c.admin(&["build", "submit", "--repo", repo, "--ref", reference, "--platform", platform, "--tag", tag])
+        c.admin(&[
+            "build",
+            "submit",
+            "--repo",
+            repo,
+            "--ref",
+            reference,
+            "--platform",
+            platform,
+            "--tag",
+            tag,
+        ])
     };
-    let r = submit(&repo, "main", "linux/amd65", &tag).fails_with(2, "invalid platform \"linux/amd65\"");
-    assert!(r.stderr.contains("unknown architecture \"amd65\""), "{}", r.stderr);
-    submit(&repo, "main", "linux/amd64", "Localhost:5000/UPPER/app:v1").fails_with(2, "invalid --tag");
-    submit(&repo, "no-such-branch", "linux/amd64", &tag).fails_with(2, "no branch or tag named \"no-such-branch\"");
-    submit("ftp://example.com/repo.git", "main", "linux/amd64", &tag).fails_with(2, "unsupported scheme \"ftp\"");
+    let r = submit(&repo, "main", "linux/amd65", &tag)
+        .fails_with(2, "invalid platform \"linux/amd65\"");
+    assert!(
+        r.stderr.contains("unknown architecture \"amd65\""),
+        "{}",
+        r.stderr
+    );
+    submit(&repo, "main", "linux/amd64", "Localhost:5000/UPPER/app:v1")
+        .fails_with(2, "invalid --tag");
+    submit(&repo, "no-such-branch", "linux/amd64", &tag)
+        .fails_with(2, "no branch or tag named \"no-such-branch\"");
+    submit("ftp://example.com/repo.git", "main", "linux/amd64", &tag)
+        .fails_with(2, "unsupported scheme \"ftp\"");
     submit(&format!("{repo}-missing"), "main", "linux/amd64", &tag).fails_with(2, "cannot read");
     let list = c.admin(&["build", "list", "--json"]).ok().stdout;
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&list).expect("json"), serde_json::json!([]), "nothing stored");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list).expect("json"),
+        serde_json::json!([]),
+        "nothing stored"
+    );
 
     // A job whose platform no agent can build waits and says why.
     let id = cluster.submit(&repo, "linux/s390x", &tag, &[]);
     let human = c.admin(&["build", "get", &id]).ok().stdout;
-    assert!(human.contains("waiting for an agent that can build linux/s390x"), "{human}");
+    assert!(
+        human.contains("waiting for an agent that can build linux/s390x"),
+        "{human}"
+    );
     c.admin(&["build", "cancel", &id]).ok();
 }
