@@ -40,9 +40,12 @@ pub(crate) struct Global {
     /// Admin certificate bundle for admin commands [default: DATA_DIR/admin.pem].
     #[arg(long, global = true, env = "HELIX_ADMIN_CERT")]
     pub(crate) admin_cert: Option<PathBuf>,
-    /// Log filter (also RUST_LOG), e.g. info or helix_coordinator=debug.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log filter (RUST_LOG wins when set), e.g. info or helix_coordinator=debug.
+    #[arg(long, global = true, env = "HELIX_LOG_LEVEL", default_value = "info")]
     pub(crate) log_level: String,
+    /// Log format: text (for journald and terminals) or json.
+    #[arg(long, global = true, env = "HELIX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +63,9 @@ pub(crate) enum Command {
     /// Submit, inspect and cancel builds.
     #[command(subcommand)]
     Build(BuildCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,25 +169,53 @@ pub(crate) struct InitArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
+    /// Configuration file [default: /etc/helix/coordinator.toml when it exists], plus
+    /// FILE.d/*.toml drop-ins. Every flag of `serve` is a key of the same name.
+    #[arg(long, env = "HELIX_CONFIG")]
+    pub(crate) config: Option<std::path::PathBuf>,
     /// UDP address to listen on.
-    #[arg(long, default_value = "0.0.0.0:7443")]
+    #[arg(long, env = "HELIX_LISTEN", default_value = "0.0.0.0:7443")]
     pub(crate) listen: SocketAddr,
     /// Accept file:// repositories (for tests and single-host setups: it lets
     /// submitters read the coordinator's disk).
-    #[arg(long)]
+    #[arg(long, env = "HELIX_ALLOW_FILE_REPOS")]
     pub(crate) allow_file_repos: bool,
     /// Registry host:port to reach over plain HTTP (repeatable).
-    #[arg(long = "insecure-registry")]
+    #[arg(
+        long = "insecure-registry",
+        env = "HELIX_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
     pub(crate) insecure_registries: Vec<String>,
     /// How long a lost agent's jobs wait for it before they are requeued.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HELIX_GRACE_PERIOD", default_value = "60s", value_parser = humantime::parse_duration)]
     pub(crate) grace_period: Duration,
+    /// Attempts per job before it fails for good (lost agents, network failures).
+    #[arg(long, env = "HELIX_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) max_attempts: u32,
     /// Lifetime of agent certificates issued at join and renewal.
-    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HELIX_AGENT_CERT_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
     pub(crate) agent_cert_ttl: Duration,
     /// A connection silent this long is dead; keep-alives go out at a third of it.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HELIX_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
+    /// Address of the Prometheus /metrics, /healthz and /readyz listener; empty to
+    /// turn it off.
+    #[arg(long, env = "HELIX_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub(crate) metrics_listen: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate a configuration file (and its drop-ins) and print the effective
+    /// configuration of `serve`, without starting anything.
+    Check {
+        /// The configuration file.
+        file: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,9 @@ use helix_protocol::wire::{AdminRequest, AdminResponse, RejectCode};
 use helix_protocol::{AgentAction, AgentInfo};
 use helix_transport::files::AdminBundle;
 
-use crate::cli::{AgentArg, AgentsCommand, Cli, Command, Global, ServeArgs, TokenCommand};
+use crate::cli::{
+    AgentArg, AgentsCommand, Cli, Command, ConfigCommand, Global, ServeArgs, TokenCommand,
+};
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure to do it.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,28 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Agents(cmd) => agents(g, cmd).await,
+        Command::Config(ConfigCommand::Check { file, json }) => {
+            let effective = crate::config::check(&file).map_err(|e| UsageError(e.to_string()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&effective)?);
+            } else {
+                eprintln!("{}: valid", file.display());
+                if let serde_json::Value::Object(map) = &effective {
+                    for (key, v) in map {
+                        let value = match &v["value"] {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Null => "(unset)".to_string(),
+                            other => other.to_string(),
+                        };
+                        println!(
+                            "{key:<20} {value:<40} # {}",
+                            v["source"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build(cmd) => {
             let client = connect(g).await?;
             let result = crate::build_cmd::run(&client, cmd).await;
@@ -98,6 +122,7 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     opts.allow_file_repos = args.allow_file_repos;
     opts.insecure_registries = args.insecure_registries;
     opts.scheduler.grace = args.grace_period;
+    opts.scheduler.max_attempts = args.max_attempts;
     let server = Server::spawn(opts).await?;
     eprintln!("helix-coordinator listening on {}", server.local_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
