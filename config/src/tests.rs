@@ -85,7 +85,8 @@ fn precedence_default_file_dropin_env_flag() {
     assert_eq!(files.len(), 3, "{files:?}");
 
     // (case, files, env listen, argv, expected listen)
-    let cases: Vec<(&str, Vec<PathBuf>, Option<&str>, Vec<&str>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<PathBuf>, Option<&'a str>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         ("built-in default", vec![], None, vec![], "0.0.0.0:7443"),
         (
             "config file",
