@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use helix_agent::BuilderKind;
 
 /// Where the data directory is by default (the systemd unit's StateDirectory).
 pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/helix-agent";
@@ -63,6 +64,20 @@ pub(crate) struct RunArgs {
     /// A connection silent this long is dead (keep-alives go out at a third of it).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
+    /// The image builder (only buildah for now).
+    #[arg(long, default_value = "buildah", value_parser = parse_builder)]
+    pub(crate) builder: BuilderKind,
+    /// A registry to push to over plain HTTP, HOST:PORT as image references spell it
+    /// (repeatable). Use the same list as the coordinator's.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub(crate) insecure_registries: Vec<String>,
+    /// How long a cancelled build gets between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) cancel_grace: Duration,
+}
+
+fn parse_builder(s: &str) -> Result<BuilderKind, String> {
+    s.parse()
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -87,6 +102,45 @@ mod tests {
     fn the_cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_buildah_is_accepted_as_builder() {
+        use clap::Parser as _;
+        let parse = |builder: &str| {
+            Cli::try_parse_from(["helix-agent", "run", "--builder", builder])
+                .map(|cli| match cli.command {
+                    Command::Run(args) => args.builder,
+                    Command::Join(_) => unreachable!("run"),
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("buildah"), Ok(BuilderKind::Buildah));
+        let err = parse("podman").expect_err("not yet");
+        assert!(
+            err.contains("the podman builder is not supported yet"),
+            "{err}"
+        );
+        let err = parse("kaniko").expect_err("unknown");
+        assert!(err.contains("unknown builder \"kaniko\""), "{err}");
+        let cli = Cli::try_parse_from([
+            "helix-agent",
+            "run",
+            "--insecure-registry",
+            "127.0.0.1:5000",
+            "--insecure-registry",
+            "registry.lan:5000",
+        ])
+        .expect("parse");
+        let Command::Run(args) = cli.command else {
+            unreachable!("run")
+        };
+        assert_eq!(args.builder, BuilderKind::Buildah, "the default");
+        assert_eq!(
+            args.insecure_registries,
+            ["127.0.0.1:5000", "registry.lan:5000"]
+        );
+        assert_eq!(args.cancel_grace, Duration::from_secs(10));
     }
 
     #[test]

@@ -91,6 +91,9 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         capacity: args.capacity,
         labels: args.labels.into_iter().collect(),
         idle_timeout: args.idle_timeout,
+        builder: args.builder,
+        insecure_registries: args.insecure_registries,
+        cancel_grace: args.cancel_grace,
     };
 
     // SIGTERM and SIGINT ask the agent to leave cleanly; a second one exits at once.
@@ -118,7 +121,8 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = int.recv() => {}
         }
         if shutdown.is_cancelled() {
-            warn!("second signal: exiting now");
+            warn!("second signal: killing the running builds and exiting now");
+            helix_agent::builder::process::kill_all_groups();
             return Ok(ExitCode::SUCCESS);
         }
         info!("signal received: shutting down");

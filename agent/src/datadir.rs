@@ -6,6 +6,13 @@
 //!                       replaced atomically, so a renewal never leaves a mismatched pair)
 //!   ca.pem              the cluster CA certificate, pinned by the join token
 //!   agent.json          agent id, cluster, coordinator address, name
+//!   work/         0700  one private dir per job attempt, `<job>-<attempt>/`: the
+//!                       source (`src/`), the built image (`layout/`) and the job's
+//!                       `output.log` (kept until the coordinator has the result)
+//!   results/      0700  `<job>-<attempt>.json`: finished results not acknowledged yet
+//!   storage/      0700  buildah's image storage, this agent's alone (`root/`,
+//!                       `runroot/`)
+//!   run.lock            locked while `helix-agent run` uses the directory
 //! ```
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -75,6 +82,21 @@ impl DataDir {
     /// The [`Enrollment`] record.
     pub fn enrollment(&self) -> PathBuf {
         self.root.join("agent.json")
+    }
+
+    /// The job work dirs.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// Results waiting for the coordinator's acknowledgement.
+    pub fn results(&self) -> PathBuf {
+        self.root.join("results")
+    }
+
+    /// The builder's image storage.
+    pub fn storage(&self) -> PathBuf {
+        self.root.join("storage")
     }
 
     /// Whether `join` has already stored an identity here.

@@ -254,6 +254,7 @@ pub(crate) fn variant_name(msg: &CoordinatorToAgent) -> &'static str {
         CoordinatorToAgent::Assign(_) => "Assign",
         CoordinatorToAgent::Cancel { .. } => "Cancel",
         CoordinatorToAgent::Ack { .. } => "Ack",
+        CoordinatorToAgent::ContextFollows { .. } => "ContextFollows",
     }
 }
 

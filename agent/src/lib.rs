@@ -1,5 +1,7 @@
 //! The Helix build agent: enrols once with a join token, then holds a long-lived
-//! mutual-TLS QUIC session with the coordinator, renewing its certificate as it goes.
+//! mutual-TLS QUIC session with the coordinator, renewing its certificate as it goes,
+//! and runs the builds it is assigned: fetch the pinned commit, build it with buildah
+//! into an OCI layout, push that by digest, report the digest.
 //!
 //! Reading order:
 //! - [`datadir`]: [`DataDir`], the files an agent keeps, and [`Enrollment`] (`agent.json`).
@@ -10,25 +12,44 @@
 //! - [`backoff`]: [`Backoff`], reconnect delays with jitter.
 //! - [`renewal`]: when to renew ([`renewal_deadline`]) and [`PendingRenewal`], checking
 //!   the renewed certificate.
-//! - [`run`]: [`run()`], the connection lifecycle loop (connect → handshake → session →
-//!   back off → again), and [`RunError`].
-//! - [`session`] (private): one connection: `Hello`, the control stream, renewal,
-//!   `GoingAway` on shutdown.
+//! - [`builder`]: the [`Builder`] trait and the [`CommandRunner`] seam under it
+//!   ([`ProcessRunner`]: own process group, SIGTERM then SIGKILL on cancel);
+//!   [`builder::buildah`]: [`Buildah`], the backend.
+//! - [`joblog`]: [`JobLog`], a job's `output.log`, and [`joblog::ship`], which sends it
+//!   to the coordinator as offset-tagged chunks.
+//! - [`executor`]: [`Executor`], one assignment from source to pushed image, and how
+//!   its failures are classified.
+//! - [`results`]: [`ResultStore`], finished results kept on disk until acknowledged.
+//! - [`jobs`]: [`Jobs`], the running jobs and held results, outliving connections.
+//! - [`run`]: [`run()`], start-up checks, then the connection lifecycle loop (connect
+//!   → handshake → session → back off → again), shutdown, and [`RunError`].
+//! - [`session`] (private): one connection: `Hello` with the held jobs, the control
+//!   stream (assign, cancel, ack, reports), log streams, renewal, `GoingAway`.
 
 pub mod backoff;
+pub mod builder;
 pub mod datadir;
+pub mod executor;
 pub mod host;
 pub mod identity;
+pub mod joblog;
+pub mod jobs;
 pub mod join;
 pub mod renewal;
+pub mod results;
 pub mod run;
 mod session;
 
 pub use backoff::Backoff;
+pub use builder::{Buildah, Builder, BuilderKind, CommandRunner, ProcessRunner};
 pub use datadir::{DataDir, DataDirError, Enrollment};
+pub use executor::Executor;
 pub use identity::{AgentIdentity, CertInfo, IdentityError};
+pub use joblog::JobLog;
+pub use jobs::Jobs;
 pub use join::{join, JoinError, JoinOptions};
 pub use renewal::{renewal_deadline, PendingRenewal, RenewalError};
+pub use results::ResultStore;
 pub use run::{run, RunError, RunOptions};
 
 #[cfg(test)]

@@ -1,26 +1,36 @@
-//! `helix-agent run`: the connection lifecycle as a loop of plain async functions,
-//! connect → handshake → session → back off with jitter → again, until a shutdown is
-//! requested or the coordinator says retrying cannot help.
+//! `helix-agent run`: start-up checks (enrolment, buildah), the job set, then the
+//! connection lifecycle as a loop of plain async functions, connect → handshake →
+//! session → back off with jitter → again, until a shutdown is requested or the
+//! coordinator says retrying cannot help.
+//!
+//! Shutdown order: cancel the running jobs and wait for them (their builders must not
+//! outlive the agent), report their results on the session that is still up, then say
+//! `GoingAway` and close.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use helix_protocol::wire::{AgentToCoordinator, RejectCode, PROTOCOL_VERSION};
 use helix_protocol::Platform;
+use helix_registry::{Registry, RegistryOptions};
 use helix_transport::tls::{self, TlsError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::backoff::Backoff;
+use crate::builder::buildah::{self, BuildahUnavailable};
+use crate::builder::{process, Buildah, Builder, BuilderKind, ProcessRunner};
 use crate::datadir::{DataDir, DataDirError};
+use crate::executor::Executor;
 use crate::identity::{AgentIdentity, IdentityError};
+use crate::jobs::{Jobs, Notice};
+use crate::results::{create_private_dir, ResultStore};
 use crate::session::{self, SessionConfig, SessionEnd};
-
-/// The image builder this agent version drives.
-pub const BUILDER: &str = "buildah";
 
 /// What `run` needs.
 #[derive(Debug, Clone)]
@@ -36,6 +46,13 @@ pub struct RunOptions {
     /// A connection silent this long is dead; keep-alives go out at a third of it
     /// (at most every 3 s).
     pub idle_timeout: Duration,
+    /// The image builder backend.
+    pub builder: BuilderKind,
+    /// Registries pushed to over plain HTTP, `HOST:PORT` as image references spell
+    /// them. Credentials come from the standard containers auth file.
+    pub insecure_registries: Vec<String>,
+    /// How long a cancelled build has between SIGTERM and SIGKILL.
+    pub cancel_grace: Duration,
 }
 
 /// Why `run` stopped for good.
@@ -61,6 +78,12 @@ pub enum RunError {
     /// The TLS configuration cannot be built from the stored identity.
     #[error("cannot use the stored identity: {0}")]
     Tls(#[source] TlsError),
+    /// The image builder is missing or broken on this host.
+    #[error(transparent)]
+    Builder(#[from] BuildahUnavailable),
+    /// The data directory's job areas could not be set up.
+    #[error("cannot prepare {path}: {reason}")]
+    Setup { path: String, reason: String },
 }
 
 impl RunError {
@@ -68,7 +91,9 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            RunError::InvalidOption(_) | RunError::DataDir(DataDirError::NotJoined { .. })
+            RunError::InvalidOption(_)
+                | RunError::Builder(_)
+                | RunError::DataDir(DataDirError::NotJoined { .. })
         )
     }
 }
@@ -91,6 +116,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         ));
     }
     let keep_alive = keep_alive_for(opts.idle_timeout)?;
+    // `_lock` keeps the data dir locked until `run` returns.
+    let (jobs, mut notices, _lock) = setup_jobs(&opts).await?;
     let coordinator = opts
         .coordinator
         .clone()
@@ -101,7 +128,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         platforms: opts.platforms.clone(),
         capacity: opts.capacity,
         labels: opts.labels.clone(),
-        builder: BUILDER.to_string(),
+        builder: opts.builder.name().to_string(),
         held: Vec::new(),
     };
     let config = SessionConfig {
@@ -111,6 +138,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         idle_timeout: opts.idle_timeout,
         keep_alive,
         hello: &hello,
+        jobs: &jobs,
     };
     let platforms: Vec<String> = opts.platforms.iter().map(ToString::to_string).collect();
     let span = tracing::info_span!("agent", agent = %identity.info().agent_id);
@@ -124,9 +152,115 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         "helix-agent {} starting; coordinator {coordinator}",
         env!("CARGO_PKG_VERSION"),
     );
-    lifecycle(&config, &opts.data_dir, &shutdown)
+    serve_until_shutdown(&config, &opts.data_dir, &jobs, &mut notices, &shutdown)
         .instrument(span)
         .await
+}
+
+/// Runs the connection lifecycle until `shutdown`; then stops the jobs while the
+/// session still runs (so their results are reported), and only then the session.
+async fn serve_until_shutdown(
+    config: &SessionConfig<'_>,
+    dir: &DataDir,
+    jobs: &Jobs,
+    notices: &mut mpsc::UnboundedReceiver<Notice>,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let stop_sessions = CancellationToken::new();
+    let life = lifecycle(config, dir, &stop_sessions, notices);
+    tokio::pin!(life);
+    let early = tokio::select! {
+        result = &mut life => Some(result),
+        () = shutdown.cancelled() => None,
+    };
+    if let Some(result) = early {
+        // A fatal refusal: no session any more, but the builders must still stop.
+        jobs.shutdown().await;
+        return result;
+    }
+    let running = jobs.running();
+    if running > 0 {
+        info!(
+            jobs = running,
+            "shutting down: cancelling the running jobs first"
+        );
+    }
+    let stopping = async {
+        jobs.shutdown().await;
+        stop_sessions.cancel();
+    };
+    let (result, ()) = tokio::join!(&mut life, stopping);
+    result
+}
+
+/// Locks the data dir, checks the builder, stops builds a killed agent left, prepares
+/// the job areas of the data dir, recovers results an earlier run left, and builds the
+/// job set.
+async fn setup_jobs(
+    opts: &RunOptions,
+) -> Result<(Jobs, mpsc::UnboundedReceiver<Notice>, std::fs::File), RunError> {
+    let dir = &opts.data_dir;
+    // buildah names the layout `oci:DIR:NAME`: a ':' in DIR would cut it short.
+    if dir.root().to_string_lossy().contains(':') {
+        return Err(RunError::InvalidOption(format!(
+            "the data directory {} contains ':', which buildah cannot use in a path; choose another --data-dir",
+            dir.root().display()
+        )));
+    }
+    let lock = lock_data_dir(dir)?;
+    let BuilderKind::Buildah = opts.builder;
+    let version = buildah::check_installed().await?;
+    info!("builder: {version}");
+    for path in [dir.work(), dir.results(), dir.storage()] {
+        create_private_dir(&path).map_err(|e| RunError::Setup {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    let registry = Registry::new(RegistryOptions {
+        insecure: opts.insecure_registries.clone(),
+        ..RegistryOptions::default()
+    })
+    .map_err(|e| RunError::InvalidOption(e.to_string()))?;
+    // Builders an agent killed with SIGKILL left running would fight the new run
+    // over the storage and the work dirs.
+    process::stop_leftover_groups(&dir.storage(), &dir.work(), opts.cancel_grace).await;
+    let runner = Arc::new(ProcessRunner::new(opts.cancel_grace));
+    let builder = Arc::new(Buildah::new(&dir.storage(), runner.clone()));
+    builder.prune().await;
+    let executor = Executor::new(dir.work(), runner, builder, Arc::new(registry));
+    let (jobs, notices) = Jobs::new(
+        executor,
+        ResultStore::new(dir.results()),
+        opts.platforms.clone(),
+        opts.capacity,
+    );
+    jobs.recover().await;
+    Ok((jobs, notices, lock))
+}
+
+/// Takes `DATA/run.lock`, so that a second agent on the same data dir (same identity,
+/// same storage) is refused instead of killing the first one's builds as leftovers.
+fn lock_data_dir(dir: &DataDir) -> Result<std::fs::File, RunError> {
+    let path = dir.root().join("run.lock");
+    let setup = |reason: String| RunError::Setup {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| setup(e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::InvalidOption(format!(
+            "another helix-agent is already running with --data-dir {}; stop it first",
+            dir.root().display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(setup(e.to_string())),
+    }
 }
 
 /// connect → handshake → session → back off → again.
@@ -134,6 +268,7 @@ async fn lifecycle(
     config: &SessionConfig<'_>,
     dir: &DataDir,
     shutdown: &CancellationToken,
+    notices: &mut mpsc::UnboundedReceiver<Notice>,
 ) -> Result<(), RunError> {
     let mut backoff = Backoff::new(StdRng::from_os_rng());
     let mut attempt: u32 = 0;
@@ -145,7 +280,7 @@ async fn lifecycle(
         let identity = load_identity(dir)?;
         attempt = attempt.saturating_add(1);
         let (reason, connected_for) =
-            match session::connect_and_serve(config, identity, shutdown).await {
+            match session::connect_and_serve(config, identity, shutdown, notices).await {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Fatal(e) => return Err(e),
                 SessionEnd::Lost {

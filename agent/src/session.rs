@@ -1,8 +1,14 @@
-//! One connection to the coordinator: connect with mutual TLS, say `Hello`, then serve
-//! the control stream (renewing the certificate when it is due) until the connection
-//! ends or a shutdown is requested.
+//! One connection to the coordinator: connect with mutual TLS, say `Hello` (listing
+//! the jobs the agent holds), then serve the control stream until the connection ends
+//! or a shutdown is requested: take assignments, cancels and acks, report what the
+//! jobs do, ship each job's log on its own stream, renew the certificate when due.
+//!
+//! The jobs themselves belong to [`Jobs`], not to the session: they keep running
+//! while the agent reconnects, and the next session reports them.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use helix_protocol::wire::{close, AgentToCoordinator, CoordinatorToAgent, RejectCode};
@@ -11,13 +17,18 @@ use helix_transport::connect::{self, describe_close, ConnectError};
 use helix_transport::framed::{self, StreamError};
 use helix_transport::tls;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::identity::AgentIdentity;
+use crate::joblog::{ship_over, JobLog};
+use crate::jobs::{AssignReply, Jobs, Notice};
 use crate::join::variant_name;
 use crate::renewal::{renewal_deadline, retry_delay, PendingRenewal};
+use crate::results::JobKey;
 use crate::run::{rfc3339, RunError};
 
 /// How long the coordinator may take to answer `Hello`.
@@ -40,7 +51,20 @@ pub(crate) struct SessionConfig<'a> {
     pub(crate) identity_path: PathBuf,
     pub(crate) idle_timeout: Duration,
     pub(crate) keep_alive: Duration,
+    /// `Hello` without its `held` list, which is filled in at each connect.
     pub(crate) hello: &'a AgentToCoordinator,
+    pub(crate) jobs: &'a Jobs,
+}
+
+impl SessionConfig<'_> {
+    /// `Hello` with the jobs held right now.
+    fn hello(&self) -> AgentToCoordinator {
+        let mut hello = self.hello.clone();
+        if let AgentToCoordinator::Hello { held, .. } = &mut hello {
+            *held = self.jobs.held();
+        }
+        hello
+    }
 }
 
 /// How a session ended.
@@ -70,6 +94,7 @@ pub(crate) async fn connect_and_serve(
     config: &SessionConfig<'_>,
     identity: AgentIdentity,
     shutdown: &CancellationToken,
+    notices: &mut mpsc::UnboundedReceiver<Notice>,
 ) -> SessionEnd {
     let addr = config.coordinator;
     let (endpoint, conn) = tokio::select! {
@@ -81,10 +106,11 @@ pub(crate) async fn connect_and_serve(
         },
     };
 
+    let hello = config.hello();
     let handshake = tokio::select! {
         biased;
         () = shutdown.cancelled() => None,
-        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&conn, config.hello)) => Some(result),
+        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&conn, &hello)) => Some(result),
     };
     let end = match handshake {
         None => SessionEnd::Shutdown,
@@ -113,9 +139,15 @@ pub(crate) async fn connect_and_serve(
                 identity,
                 pending: None,
                 deadline: OffsetDateTime::now_utc(),
+                shippers: JoinSet::new(),
+                reported: HashSet::new(),
             };
             session.schedule_renewal();
-            match session.serve(recv, shutdown).await {
+            let served = match session.resume().await {
+                Ok(()) => session.serve(recv, shutdown, notices).await,
+                Err(e) => ended(&conn, addr, &e),
+            };
+            match served {
                 SessionEnd::Lost { reason, .. } => SessionEnd::Lost {
                     reason,
                     connected_for: Some(connected_at.elapsed()),
@@ -279,10 +311,31 @@ struct Session<'a> {
     pending: Option<(PendingRenewal, Instant)>,
     /// When to start the next renewal.
     deadline: OffsetDateTime,
+    /// This connection's log streams, one per job; they end with the session.
+    shippers: JoinSet<()>,
+    /// Results sent as `Finished` on this connection (not sent twice by it).
+    reported: HashSet<JobKey>,
 }
 
 impl Session<'_> {
-    async fn serve(&mut self, recv: quinn::RecvStream, shutdown: &CancellationToken) -> SessionEnd {
+    /// Right after `Welcome`: send the unacknowledged results again and (re)start the
+    /// log streams of the jobs held.
+    async fn resume(&mut self) -> Result<(), StreamError> {
+        for (key, log) in self.config.jobs.logs_to_send() {
+            self.ship(key, log);
+        }
+        for (key, outcome) in self.config.jobs.unacked() {
+            self.send_finished(key, outcome).await?;
+        }
+        Ok(())
+    }
+
+    async fn serve(
+        &mut self,
+        recv: quinn::RecvStream,
+        shutdown: &CancellationToken,
+        notices: &mut mpsc::UnboundedReceiver<Notice>,
+    ) -> SessionEnd {
         let addr = self.config.coordinator;
         let mut reading = Box::pin(next_frame(recv));
         loop {
@@ -290,14 +343,23 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
+                    // Results of jobs the shutdown cancelled go out before we leave.
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.flush_notices(notices)).await;
                     self.going_away().await;
                     return SessionEnd::Shutdown;
+                }
+                Some(notice) = notices.recv() => {
+                    if let Err(e) = self.on_notice(notice).await {
+                        return ended(self.conn, addr, &e);
+                    }
                 }
                 (recv, frame) = &mut reading => {
                     match frame {
                         Ok(Some(msg)) => {
-                            if let Some(end) = self.handle(msg).await {
-                                return end;
+                            match self.handle(msg).await {
+                                Ok(Some(end)) => return end,
+                                Ok(None) => {}
+                                Err(e) => return ended(self.conn, addr, &e),
                             }
                             reading.set(next_frame(recv));
                         }
@@ -312,17 +374,114 @@ impl Session<'_> {
                         return ended(self.conn, addr, &e);
                     }
                 }
+                Some(_) = self.shippers.join_next(), if !self.shippers.is_empty() => {}
             }
         }
     }
 
+    /// Report what a job did.
+    async fn on_notice(&mut self, notice: Notice) -> Result<(), StreamError> {
+        match notice {
+            Notice::Started(key) => {
+                // A start noticed while disconnected may be older than the result.
+                if self.config.jobs.is_running(&key) {
+                    let msg = AgentToCoordinator::Started {
+                        job: key.0,
+                        attempt: key.1,
+                    };
+                    framed::write_frame(&mut self.send, &msg).await?;
+                }
+            }
+            Notice::Finished(key) => {
+                if let Some(outcome) = self.config.jobs.outcome(&key) {
+                    if !self.reported.contains(&key) {
+                        self.send_finished(key, outcome).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Report every notice already queued.
+    async fn flush_notices(
+        &mut self,
+        notices: &mut mpsc::UnboundedReceiver<Notice>,
+    ) -> Result<(), StreamError> {
+        while let Ok(notice) = notices.try_recv() {
+            self.on_notice(notice).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_finished(
+        &mut self,
+        key: JobKey,
+        outcome: helix_protocol::wire::JobOutcome,
+    ) -> Result<(), StreamError> {
+        self.reported.insert(key);
+        let msg = AgentToCoordinator::Finished {
+            job: key.0,
+            attempt: key.1,
+            outcome,
+        };
+        framed::write_frame(&mut self.send, &msg).await
+    }
+
+    /// Send a job's log on its own stream of this connection, from offset 0.
+    fn ship(&mut self, key: JobKey, log: Arc<JobLog>) {
+        let conn = self.conn.clone();
+        self.shippers.spawn(async move {
+            if let Err(e) = ship_over(conn, log, key.0, key.1).await {
+                debug!(job = %key.0, attempt = key.1, "log stream ended: {e}");
+            }
+        });
+    }
+
+    /// An assignment: take it (`Accepted`, and its log goes out on a new stream), or
+    /// say at once why not (`Finished` with an infrastructure failure).
+    async fn assign(
+        &mut self,
+        assignment: helix_protocol::wire::Assignment,
+    ) -> Result<(), StreamError> {
+        let key = (assignment.job, assignment.attempt);
+        let accepted = AgentToCoordinator::Accepted {
+            job: key.0,
+            attempt: key.1,
+        };
+        match self.config.jobs.assign(assignment) {
+            AssignReply::Accepted(log) => {
+                framed::write_frame(&mut self.send, &accepted).await?;
+                self.ship(key, log);
+            }
+            AssignReply::AlreadyRunning => {
+                debug!(job = %key.0, attempt = key.1, "assigned a job that already runs here");
+                framed::write_frame(&mut self.send, &accepted).await?;
+            }
+            AssignReply::AlreadyFinished(outcome) => {
+                debug!(job = %key.0, attempt = key.1, "assigned a job that already finished here");
+                self.send_finished(key, outcome).await?;
+            }
+            AssignReply::Refused(failure) => {
+                warn!(job = %key.0, attempt = key.1, "refused a job: {}", failure.message);
+                let msg = AgentToCoordinator::Finished {
+                    job: key.0,
+                    attempt: key.1,
+                    outcome: helix_protocol::wire::JobOutcome::Failed(failure),
+                };
+                framed::write_frame(&mut self.send, &msg).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// One control frame from the coordinator; `Some` ends the session.
-    async fn handle(&mut self, msg: CoordinatorToAgent) -> Option<SessionEnd> {
+    async fn handle(&mut self, msg: CoordinatorToAgent) -> Result<Option<SessionEnd>, StreamError> {
         match msg {
             CoordinatorToAgent::CertificateRenewed { cert_pem } => self.renewed(cert_pem),
             CoordinatorToAgent::Rejected { code, reason } => {
                 if is_final(code) {
-                    return Some(SessionEnd::Fatal(RunError::Refused { code, reason }));
+                    return Ok(Some(SessionEnd::Fatal(RunError::Refused { code, reason })));
                 }
                 if self.pending.take().is_some() {
                     let delay = self.retry_later();
@@ -334,28 +493,36 @@ impl Session<'_> {
                     warn!(?code, "the coordinator rejected a request: {reason}");
                 }
             }
-            CoordinatorToAgent::Assign(assignment) => {
-                warn!(
-                    job = %assignment.job,
-                    attempt = assignment.attempt,
-                    platform = %assignment.platform,
-                    "received a job, but this agent version cannot run jobs yet; ignoring it"
-                );
-            }
-            CoordinatorToAgent::Cancel { job, attempt, .. } => {
-                info!(%job, attempt, "cancel for a job this agent is not running; ignoring it");
+            CoordinatorToAgent::Assign(assignment) => self.assign(*assignment).await?,
+            CoordinatorToAgent::Cancel {
+                job,
+                attempt,
+                reason,
+            } => {
+                if self.config.jobs.cancel(&(job, attempt)) {
+                    info!(%job, attempt, %reason, "cancelling a job");
+                } else {
+                    info!(%job, attempt, "cancel for a job this agent is not running; ignoring it");
+                }
             }
             CoordinatorToAgent::Ack { job, attempt } => {
-                debug!(%job, attempt, "ack for a job this agent holds no result of; ignoring it");
+                self.reported.remove(&(job, attempt));
+                if self.config.jobs.ack(&(job, attempt)) {
+                    debug!(%job, attempt, "result acknowledged");
+                } else {
+                    debug!(%job, attempt, "ack for a job this agent holds no result of; ignoring it");
+                }
             }
-            other @ (CoordinatorToAgent::Welcome { .. } | CoordinatorToAgent::Joined { .. }) => {
+            other @ (CoordinatorToAgent::Welcome { .. }
+            | CoordinatorToAgent::Joined { .. }
+            | CoordinatorToAgent::ContextFollows { .. }) => {
                 warn!(
                     "unexpected {} in a session; ignoring it",
                     variant_name(&other)
                 );
             }
         }
-        None
+        Ok(None)
     }
 
     /// When the session loop should next look at the renewal: the reply timeout of a

@@ -85,7 +85,13 @@ fn precedence_default_file_dropin_env_flag() {
     assert_eq!(files.len(), 3, "{files:?}");
 
     // (case, files, env listen, argv, expected listen)
-    type Case<'a> = (&'a str, Vec<PathBuf>, Option<&'a str>, Vec<&'a str>, &'a str);
+    type Case<'a> = (
+        &'a str,
+        Vec<PathBuf>,
+        Option<&'a str>,
+        Vec<&'a str>,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         ("built-in default", vec![], None, vec![], "0.0.0.0:7443"),
         (

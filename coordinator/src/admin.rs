@@ -199,6 +199,13 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
         AdminRequest::GetBuild { build } => builds::view(shared, build).await,
         AdminRequest::CancelBuild { build } => builds::cancel(shared, build).await,
         AdminRequest::WaitBuild { build } => builds::wait(shared, build).await,
+        AdminRequest::HasContext { .. }
+        | AdminRequest::UploadContext { .. }
+        | AdminRequest::ListCache
+        | AdminRequest::PruneCache { .. } => error(
+            RejectCode::BadRequest,
+            "not supported by this coordinator version",
+        ),
         AdminRequest::BuildLogs { .. } => {
             error(RejectCode::BadRequest, "log requests are streamed")
         }

@@ -460,6 +460,10 @@ async fn session_loop(
                 };
                 match msg {
                     AgentToCoordinator::GoingAway { reason } => {
+                        // No new work for an agent on its way out, even before the
+                        // connection is gone.
+                        let input = Input::AgentSchedulable { agent: id, schedulable: false };
+                        let _ = shared.engine.input(input).await;
                         info!(%reason, "agent going away");
                         conn.close(close::NORMAL.into(), b"bye");
                         return Ok("agent went away");
@@ -477,7 +481,9 @@ async fn session_loop(
                         };
                         framed::write_frame(send, &reply).await?;
                     }
-                    AgentToCoordinator::Hello { .. } | AgentToCoordinator::Join { .. } => {
+                    AgentToCoordinator::Hello { .. }
+                    | AgentToCoordinator::Join { .. }
+                    | AgentToCoordinator::FetchContext { .. } => {
                         let reply = CoordinatorToAgent::Rejected {
                             code: RejectCode::BadRequest,
                             reason: "Hello and Join are only valid as the first message".into(),

@@ -38,7 +38,7 @@ impl Assembler {
     pub async fn assemble(&self, build: &Build, jobs: &[Job]) -> Result<Digest, String> {
         let mut results: Vec<(Platform, ImageResult)> = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let JobState::Succeeded { result, agent } = job.state() else {
+            let JobState::Succeeded { result, agent, .. } = job.state() else {
                 return Err(format!(
                     "{} has not succeeded ({})",
                     job.platform(),

@@ -282,8 +282,16 @@ fn show(view: &BuildView, json: bool) -> anyhow::Result<()> {
             JobState::Assigned { agent, .. } | JobState::Running { agent, .. } => {
                 (short(&agent.to_string()), String::new())
             }
-            JobState::Succeeded { agent, result } => {
-                (short(&agent.to_string()), result.digest.to_string())
+            JobState::Succeeded {
+                agent,
+                result,
+                cached_from,
+            } => {
+                let detail = match cached_from {
+                    Some(from) => format!("{} (cached, built by build {from})", result.digest),
+                    None => result.digest.to_string(),
+                };
+                (short(&agent.to_string()), detail)
             }
             JobState::Failed { failure } => ("-".to_string(), failure.message.clone()),
             JobState::Cancelled { reason } => ("-".to_string(), reason.clone()),

@@ -258,7 +258,17 @@ impl Engine {
                 attempt,
                 reply,
             } => {
-                let _ = reply.send(self.scheduler.holds(agent, job, attempt));
+                // Live jobs are the scheduler's to judge; a job of a finished build is
+                // judged from the store (its log may arrive after it ended).
+                let may = match self.scheduler.may_log(agent, job, attempt) {
+                    Some(may) => may,
+                    None => self
+                        .store
+                        .run(move |s| s.job(job))
+                        .await?
+                        .is_some_and(|j| j.attempt() == attempt),
+                };
+                let _ = reply.send(may);
                 Ok(())
             }
             Msg::Active { build, reply } => {

@@ -313,9 +313,11 @@ impl Scheduler {
         view.connected = true;
         view.lost_at = None;
         let ours: BTreeSet<JobId> = view.holding.clone();
-        let mut reported = BTreeSet::new();
+        // Keyed by (job, attempt): an agent that reports a stale attempt of a job has
+        // not reported the attempt it holds now.
+        let mut reported: BTreeSet<(JobId, u32)> = BTreeSet::new();
         for h in held {
-            reported.insert(h.job);
+            reported.insert((h.job, h.attempt));
             let current = self
                 .jobs
                 .get(&h.job)
@@ -356,7 +358,14 @@ impl Scheduler {
             }
         }
         // Jobs we thought it held but it does not know: it restarted and lost them.
-        for job in ours.difference(&reported) {
+        let lost: Vec<JobId> = ours
+            .into_iter()
+            .filter(|j| {
+                let attempt = self.jobs.get(j).map(|x| x.attempt()).unwrap_or(0);
+                !reported.contains(&(*j, attempt))
+            })
+            .collect();
+        for job in &lost {
             self.requeue(
                 *job,
                 "the agent came back without the job (restarted)",
@@ -416,6 +425,13 @@ impl Scheduler {
                     at: now,
                 }
             }
+            JobOutcome::Cancelled
+                if job.attempt() != attempt || job.state().agent() != Some(agent) =>
+            {
+                info!(%agent, job = %job_id, attempt, "ignored a stale cancel report");
+                out.push(ack);
+                return;
+            }
             JobOutcome::Cancelled => JobEvent::Cancel {
                 reason: "cancelled on the agent".into(),
                 at: now,
@@ -440,15 +456,7 @@ impl Scheduler {
             return false;
         };
         let holder = job.state().agent();
-        let at = match &event {
-            JobEvent::Assign { at, .. }
-            | JobEvent::Start { at, .. }
-            | JobEvent::Succeed { at, .. }
-            | JobEvent::Fail { at, .. }
-            | JobEvent::Requeue { at, .. }
-            | JobEvent::Abort { at, .. }
-            | JobEvent::Cancel { at, .. } => *at,
-        };
+        let at = event.at();
         match job.transition(event) {
             Ok(()) => {}
             Err(
@@ -824,6 +832,15 @@ impl Scheduler {
     }
 
     /// Whether `agent` holds `job` at `attempt` (log streams are accepted only then).
+    /// Whether `agent` may stream the log of `job`'s `attempt`: it holds it now, or
+    /// the attempt has ended (a log resent after a reconnect).
+    pub fn may_log(&self, agent: AgentId, job: JobId, attempt: u32) -> Option<bool> {
+        let j = self.jobs.get(&job)?;
+        Some(
+            j.attempt() == attempt && (j.state().agent() == Some(agent) || j.state().is_terminal()),
+        )
+    }
+
     pub fn holds(&self, agent: AgentId, job: JobId, attempt: u32) -> bool {
         self.jobs
             .get(&job)

@@ -43,6 +43,12 @@ impl Digest {
         ))
     }
 
+    /// The digest whose sha256 (32 bytes) was computed by the caller, e.g. while
+    /// streaming.
+    pub fn from_sha256(hash: [u8; 32]) -> Digest {
+        Digest(format!("{PREFIX}{}", hex::encode(hash)))
+    }
+
     /// The algorithm, always `sha256`; there for code that writes OCI descriptors.
     pub fn algorithm(&self) -> &'static str {
         "sha256"

@@ -47,11 +47,28 @@ pub struct JobFailure {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum JobState {
     Queued,
-    Assigned { agent: AgentId, since: Timestamp },
-    Running { agent: AgentId, since: Timestamp },
-    Succeeded { agent: AgentId, result: ImageResult },
-    Failed { failure: JobFailure },
-    Cancelled { reason: String },
+    Assigned {
+        agent: AgentId,
+        since: Timestamp,
+    },
+    Running {
+        agent: AgentId,
+        since: Timestamp,
+    },
+    Succeeded {
+        agent: AgentId,
+        result: ImageResult,
+        /// Set when the result came from the result cache: the build that produced it
+        /// (`agent` is the agent that built it then).
+        #[serde(default)]
+        cached_from: Option<BuildId>,
+    },
+    Failed {
+        failure: JobFailure,
+    },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl JobState {
@@ -126,6 +143,14 @@ pub enum JobEvent {
     Abort { failure: JobFailure, at: Timestamp },
     /// A user or fail-fast cancelled the job.
     Cancel { reason: String, at: Timestamp },
+    /// The result cache has this job's image already (built by `agent` in build
+    /// `from_build`): the job is done without running.
+    FromCache {
+        agent: AgentId,
+        from_build: BuildId,
+        result: ImageResult,
+        at: Timestamp,
+    },
 }
 
 /// Why a transition was refused.
@@ -228,7 +253,11 @@ impl Job {
                 },
             ) => {
                 self.check_report(agent, attempt)?;
-                S::Succeeded { agent, result }
+                S::Succeeded {
+                    agent,
+                    result,
+                    cached_from: None,
+                }
             }
             (
                 S::Assigned { .. } | S::Running { .. },
@@ -258,6 +287,19 @@ impl Job {
             }
             (s, E::Abort { failure, .. }) if !s.is_terminal() => S::Failed { failure },
             (s, E::Cancel { reason, .. }) if !s.is_terminal() => S::Cancelled { reason },
+            (
+                S::Queued,
+                E::FromCache {
+                    agent,
+                    from_build,
+                    result,
+                    ..
+                },
+            ) => S::Succeeded {
+                agent,
+                result,
+                cached_from: Some(from_build),
+            },
             (state, event) => {
                 // A report about an attempt other than the current one is stale even
                 // when the job has moved on to a state where the report is illegal.
@@ -310,6 +352,13 @@ fn report_of(event: &JobEvent) -> Option<(AgentId, u32)> {
     }
 }
 
+impl JobEvent {
+    /// When the event happened.
+    pub fn at(&self) -> Timestamp {
+        event_time(self)
+    }
+}
+
 fn event_time(event: &JobEvent) -> Timestamp {
     match event {
         JobEvent::Assign { at, .. }
@@ -318,7 +367,8 @@ fn event_time(event: &JobEvent) -> Timestamp {
         | JobEvent::Fail { at, .. }
         | JobEvent::Requeue { at, .. }
         | JobEvent::Abort { at, .. }
-        | JobEvent::Cancel { at, .. } => *at,
+        | JobEvent::Cancel { at, .. }
+        | JobEvent::FromCache { at, .. } => *at,
     }
 }
 
@@ -331,6 +381,7 @@ fn event_name(event: &JobEvent) -> &'static str {
         JobEvent::Requeue { .. } => "requeue",
         JobEvent::Abort { .. } => "abort",
         JobEvent::Cancel { .. } => "cancel",
+        JobEvent::FromCache { .. } => "complete from the cache",
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`build`]: [`BuildSpec`] (what a user submits) and [`Build`] (one submission).
 //! - [`job`]: [`Job`] and its lifecycle [`JobState`], changed only through
 //!   [`Job::transition`].
+//! - [`cache`]: the result cache's key ([`cache::cache_key`]) and entries.
 //! - [`index`]: [`ImageIndex`], the multi-arch OCI image index.
 //! - [`agent`]: [`AgentInfo`] and [`AgentState`], what the coordinator knows of an agent.
 //! - [`identity`]: [`Identity`], who a certificate belongs to (agent or admin).
@@ -17,6 +18,7 @@
 
 pub mod agent;
 pub mod build;
+pub mod cache;
 pub mod codec;
 pub mod digest;
 pub mod identity;

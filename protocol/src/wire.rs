@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 
 use crate::agent::{AgentAction, AgentInfo};
 use crate::build::{Build, BuildSpec, BuildState};
+use crate::cache::CacheEntry;
 use crate::digest::Digest;
 use crate::ids::{AgentId, BuildId, JobId};
 use crate::job::{ImageResult, Job, JobFailure};
@@ -162,6 +163,10 @@ pub enum AgentToCoordinator {
     /// go on until they finish or `deadline_secs` pass, when it reports them failed
     /// (infrastructure) so they are requeued elsewhere.
     Draining { deadline_secs: u64 },
+    /// First frame of a new bidirectional stream: send me this build context. The
+    /// coordinator answers [`CoordinatorToAgent::ContextFollows`] and then exactly
+    /// `size` raw bytes, or [`CoordinatorToAgent::Rejected`].
+    FetchContext { digest: Digest },
 }
 
 /// Coordinator → agent, on the control stream.
@@ -194,6 +199,9 @@ pub enum CoordinatorToAgent {
     },
     /// The coordinator has durably recorded the job's outcome; the agent may forget it.
     Ack { job: JobId, attempt: u32 },
+    /// Answer to [`AgentToCoordinator::FetchContext`]: `size` raw bytes follow on the
+    /// stream; the agent verifies their digest before using them.
+    ContextFollows { size: u64 },
 }
 
 /// A piece of a job's build output, on the job's own unidirectional stream. Offsets
@@ -259,6 +267,22 @@ pub enum AdminRequest {
     WaitBuild {
         build: BuildId,
     },
+    /// Does the coordinator hold this context already? (Asked before uploading.)
+    HasContext {
+        digest: Digest,
+    },
+    /// Upload a context: exactly `size` raw bytes follow this frame on the stream,
+    /// then the stream is finished. Stored only if the bytes hash to `digest`.
+    UploadContext {
+        digest: Digest,
+        size: u64,
+    },
+    ListCache,
+    /// Drop cache entries not used for `older_than_secs` (all when `None`) and
+    /// contexts no active build references.
+    PruneCache {
+        older_than_secs: Option<u64>,
+    },
 }
 
 /// Coordinator → admin CLI.
@@ -290,4 +314,17 @@ pub enum AdminResponse {
     },
     /// The end of a log stream.
     LogEnd,
+    ContextPresent {
+        present: bool,
+        max_size: u64,
+    },
+    ContextStored {
+        digest: Digest,
+        size: u64,
+    },
+    Cache(Vec<CacheEntry>),
+    Pruned {
+        cache_entries: u64,
+        contexts: u64,
+    },
 }

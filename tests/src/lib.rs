@@ -277,7 +277,14 @@ impl Coordinator {
         )
         .ok();
         let log = root.join(format!("{name}.log"));
-        Coordinator { dir, addr: None, proc: None, ns: None, log, extra: Vec::new() }
+        Coordinator {
+            dir,
+            addr: None,
+            proc: None,
+            ns: None,
+            log,
+            extra: Vec::new(),
+        }
     }
 
     /// Like [`Coordinator::init`], for a coordinator that runs in namespace `ns`
@@ -290,7 +297,14 @@ impl Coordinator {
         }
         run(&bin("helix-coordinator"), &args, &[], CMD_TIMEOUT).ok();
         let log = root.join(format!("{name}.log"));
-        Coordinator { dir, addr: None, proc: None, ns: Some(ns.to_string()), log, extra: Vec::new() }
+        Coordinator {
+            dir,
+            addr: None,
+            proc: None,
+            ns: Some(ns.to_string()),
+            log,
+            extra: Vec::new(),
+        }
     }
 
     /// The address agents on a host whose hub address is `hub_ip` dial.
@@ -539,14 +553,19 @@ impl Registry {
         let (program, args) = in_ns(&ns, &bin, &s(&["serve", path(&config)]));
         let proc = Proc::spawn("registry", &program, &args, &root.join("registry.log"), &[]);
         let reg = Registry { addr, proc, ns };
-        wait_for(Duration::from_secs(15), "the registry to answer /v2/", || match &reg.ns {
-            None => reg.get("/v2/").filter(|(code, _)| *code == 200).map(|_| ()),
-            Some(_) => {
-                let probe = format!(": </dev/tcp/{ip}/{port}");
-                let (program, args) = in_ns(&reg.ns, Path::new("/bin/bash"), &s(&["-c", &probe]));
-                (run(&program, &args, &[], CMD_TIMEOUT).code == Some(0)).then_some(())
-            }
-        });
+        wait_for(
+            Duration::from_secs(15),
+            "the registry to answer /v2/",
+            || match &reg.ns {
+                None => reg.get("/v2/").filter(|(code, _)| *code == 200).map(|_| ()),
+                Some(_) => {
+                    let probe = format!(": </dev/tcp/{ip}/{port}");
+                    let (program, args) =
+                        in_ns(&reg.ns, Path::new("/bin/bash"), &s(&["-c", &probe]));
+                    (run(&program, &args, &[], CMD_TIMEOUT).code == Some(0)).then_some(())
+                }
+            },
+        );
         reg
     }
 
@@ -670,7 +689,11 @@ impl BuildCluster {
 
     /// Like [`BuildCluster::start`], with extra environment for the agents (e.g. a
     /// PATH with a misbehaving builder in front).
-    pub fn start_with(root: &Path, agents: &[(&str, &[&str])], agent_env: &[(&str, &str)]) -> BuildCluster {
+    pub fn start_with(
+        root: &Path,
+        agents: &[(&str, &[&str])],
+        agent_env: &[(&str, &str)],
+    ) -> BuildCluster {
         Self::start_opts(root, agents, agent_env, &[], &[])
     }
 
@@ -686,7 +709,11 @@ impl BuildCluster {
         require_tool("buildah", "buildah");
         let registry = Registry::start(root);
         let mut coordinator = Coordinator::init(root, "coord", "test");
-        let mut serve = vec!["--allow-file-repos", "--insecure-registry", registry.addr.as_str()];
+        let mut serve = vec![
+            "--allow-file-repos",
+            "--insecure-registry",
+            registry.addr.as_str(),
+        ];
         serve.extend_from_slice(serve_flags);
         coordinator.start(&serve);
         let mut started = Vec::new();
@@ -704,15 +731,32 @@ impl BuildCluster {
         }
         for agent in &started {
             wait_for(Duration::from_secs(10), "agents to connect", || {
-                find_agent(&coordinator.agents(), &agent.name).filter(|a| a["connected"] == true).map(|_| ())
+                find_agent(&coordinator.agents(), &agent.name)
+                    .filter(|a| a["connected"] == true)
+                    .map(|_| ())
             });
         }
-        BuildCluster { registry, coordinator, agents: started }
+        BuildCluster {
+            registry,
+            coordinator,
+            agents: started,
+        }
     }
 
     /// `build submit` with these extra arguments; returns the build id (stdout).
     pub fn submit(&self, repo: &str, platforms: &str, tag: &str, extra: &[&str]) -> String {
-        let mut args = vec!["build", "submit", "--repo", repo, "--ref", "main", "--platform", platforms, "--tag", tag];
+        let mut args = vec![
+            "build",
+            "submit",
+            "--repo",
+            repo,
+            "--ref",
+            "main",
+            "--platform",
+            platforms,
+            "--tag",
+            tag,
+        ];
         args.extend_from_slice(extra);
         self.coordinator.admin(&args).ok().stdout.trim().to_string()
     }
@@ -726,7 +770,8 @@ impl BuildCluster {
     /// `build wait`: the exit code and the build as JSON.
     pub fn wait(&self, id: &str) -> (Option<i32>, serde_json::Value) {
         let out = self.coordinator.admin(&["build", "wait", id, "--json"]);
-        let v = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("build wait --json: {out:?}"));
+        let v = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|_| panic!("build wait --json: {out:?}"));
         (out.code, v)
     }
 
@@ -752,13 +797,19 @@ pub fn job_digests(build: &serde_json::Value) -> Vec<(String, String)> {
 /// Pids of processes whose command line contains `needle` (read from /proc).
 pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
         if cmd.contains(needle) {
             out.push(pid);

@@ -24,8 +24,15 @@ pub struct Host {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (apt-get install iproute2)");
-    assert!(out.status.success(), "ip {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (apt-get install iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Lab {
@@ -33,10 +40,17 @@ impl Lab {
     pub fn new(hosts: usize) -> Lab {
         assert!(hosts < 200);
         // Short unique names (interface names are limited to 15 bytes).
-        let tag = format!("{:x}", (std::process::id() as u64) << 16 ^ u64::from(rand_u16()));
+        let tag = format!(
+            "{:x}",
+            (std::process::id() as u64) << 16 ^ u64::from(rand_u16())
+        );
         let prefix = format!("hx{tag}");
         let hub = format!("{prefix}h");
-        let mut lab = Lab { hub: hub.clone(), prefix: prefix.clone(), hosts: Vec::new() };
+        let mut lab = Lab {
+            hub: hub.clone(),
+            prefix: prefix.clone(),
+            hosts: Vec::new(),
+        };
         ip(&["netns", "add", &hub]);
         ip(&["-n", &hub, "link", "set", "lo", "up"]);
         for n in 1..=hosts {
@@ -44,15 +58,46 @@ impl Lab {
             let hub_end = format!("{prefix}h{n}");
             let host_end = format!("{prefix}a{n}");
             ip(&["netns", "add", &ns]);
-            lab.hosts.push(Host { ns: ns.clone(), hub_ip: format!("10.213.{n}.1"), link: host_end.clone() });
+            lab.hosts.push(Host {
+                ns: ns.clone(),
+                hub_ip: format!("10.213.{n}.1"),
+                link: host_end.clone(),
+            });
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            ip(&["-n", &hub, "link", "add", &hub_end, "type", "veth", "peer", "name", &host_end, "netns", &ns]);
-            ip(&["-n", &hub, "addr", "add", &format!("10.213.{n}.1/24"), "dev", &hub_end]);
-            ip(&["-n", &ns, "addr", "add", &format!("10.213.{n}.2/24"), "dev", &host_end]);
+            ip(&[
+                "-n", &hub, "link", "add", &hub_end, "type", "veth", "peer", "name", &host_end,
+                "netns", &ns,
+            ]);
+            ip(&[
+                "-n",
+                &hub,
+                "addr",
+                "add",
+                &format!("10.213.{n}.1/24"),
+                "dev",
+                &hub_end,
+            ]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.213.{n}.2/24"),
+                "dev",
+                &host_end,
+            ]);
             ip(&["-n", &hub, "link", "set", &hub_end, "up"]);
             ip(&["-n", &ns, "link", "set", &host_end, "up"]);
             // Every hub address is reachable from every host through its own link.
-            ip(&["-n", &ns, "route", "add", "10.213.0.0/16", "via", &format!("10.213.{n}.1")]);
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "10.213.0.0/16",
+                "via",
+                &format!("10.213.{n}.1"),
+            ]);
         }
         lab
     }
@@ -72,12 +117,27 @@ impl Lab {
         let h = self.host(n);
         ip(&["-n", &h.ns, "link", "set", &h.link, "up"]);
         // The address route comes back with the link; the /16 route must be re-added.
-        let _ = Command::new("ip").args(["-n", &h.ns, "route", "add", "10.213.0.0/16", "via", &h.hub_ip]).output();
+        let _ = Command::new("ip")
+            .args([
+                "-n",
+                &h.ns,
+                "route",
+                "add",
+                "10.213.0.0/16",
+                "via",
+                &h.hub_ip,
+            ])
+            .output();
     }
 
     /// `program args` inside namespace `ns`, as (program, args) for [`crate::Proc`].
     pub fn wrap(ns: &str, program: &Path, args: &[String]) -> (std::path::PathBuf, Vec<String>) {
-        let mut all = vec!["netns".to_string(), "exec".to_string(), ns.to_string(), program.display().to_string()];
+        let mut all = vec![
+            "netns".to_string(),
+            "exec".to_string(),
+            ns.to_string(),
+            program.display().to_string(),
+        ];
         all.extend(args.iter().cloned());
         ("ip".into(), all)
     }
@@ -92,11 +152,16 @@ impl Drop for Lab {
         for h in &self.hosts {
             let _ = Command::new("ip").args(["netns", "del", &h.ns]).output();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.hub]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub])
+            .output();
     }
 }
 
 fn rand_u16() -> u16 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     (nanos ^ (nanos >> 16)) as u16
 }

@@ -163,6 +163,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             reason: "shutdown".into(),
         },
         AgentToCoordinator::Draining { deadline_secs: 600 },
+        AgentToCoordinator::FetchContext { digest: digest() },
     ];
     let coord_msgs = [
         CoordinatorToAgent::Welcome {
@@ -193,6 +194,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             job: job_id(),
             attempt: 1,
         },
+        CoordinatorToAgent::ContextFollows { size: 4096 },
     ];
     let admin_reqs = [
         AdminRequest::Hello {
@@ -218,6 +220,15 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             follow: true,
         },
         AdminRequest::WaitBuild { build: build_id() },
+        AdminRequest::HasContext { digest: digest() },
+        AdminRequest::UploadContext {
+            digest: digest(),
+            size: 10,
+        },
+        AdminRequest::ListCache,
+        AdminRequest::PruneCache {
+            older_than_secs: Some(86400),
+        },
     ];
     let admin_resps = [
         AdminResponse::Welcome {
@@ -244,6 +255,29 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             data: b"step 1\n".to_vec(),
         },
         AdminResponse::LogEnd,
+        AdminResponse::ContextPresent {
+            present: true,
+            max_size: 1 << 31,
+        },
+        AdminResponse::ContextStored {
+            digest: digest(),
+            size: 10,
+        },
+        AdminResponse::Cache(vec![crate::cache::CacheEntry {
+            key: digest(),
+            repository: "registry.example.com:5000/team/app".into(),
+            platform: "linux/amd64".parse().expect("valid"),
+            result: result(),
+            build: build_id(),
+            agent: agent_id(),
+            builder: "buildah".into(),
+            created_at: Timestamp(1),
+            last_used: Timestamp(2),
+        }]),
+        AdminResponse::Pruned {
+            cache_entries: 3,
+            contexts: 1,
+        },
     ];
     // Exhaustiveness guards: a new variant must be added to the lists above.
     for m in &agent_msgs {
@@ -255,7 +289,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | AgentToCoordinator::Started { .. }
             | AgentToCoordinator::Finished { .. }
             | AgentToCoordinator::GoingAway { .. }
-            | AgentToCoordinator::Draining { .. } => {}
+            | AgentToCoordinator::Draining { .. }
+            | AgentToCoordinator::FetchContext { .. } => {}
         }
     }
     for m in &coord_msgs {
@@ -266,7 +301,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | CoordinatorToAgent::CertificateRenewed { .. }
             | CoordinatorToAgent::Assign(_)
             | CoordinatorToAgent::Cancel { .. }
-            | CoordinatorToAgent::Ack { .. } => {}
+            | CoordinatorToAgent::Ack { .. }
+            | CoordinatorToAgent::ContextFollows { .. } => {}
         }
     }
     for m in &admin_reqs {
@@ -280,7 +316,11 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | AdminRequest::GetBuild { .. }
             | AdminRequest::CancelBuild { .. }
             | AdminRequest::BuildLogs { .. }
-            | AdminRequest::WaitBuild { .. } => {}
+            | AdminRequest::WaitBuild { .. }
+            | AdminRequest::HasContext { .. }
+            | AdminRequest::UploadContext { .. }
+            | AdminRequest::ListCache
+            | AdminRequest::PruneCache { .. } => {}
         }
     }
     for m in &admin_resps {
@@ -293,7 +333,11 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | AdminResponse::Build(_)
             | AdminResponse::Builds(_)
             | AdminResponse::Log { .. }
-            | AdminResponse::LogEnd => {}
+            | AdminResponse::LogEnd
+            | AdminResponse::ContextPresent { .. }
+            | AdminResponse::ContextStored { .. }
+            | AdminResponse::Cache(_)
+            | AdminResponse::Pruned { .. } => {}
         }
     }
     let mut out = Vec::new();
@@ -306,12 +350,20 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         "finished",
         "going_away",
         "draining",
+        "fetch_context",
     ];
     for (n, m) in names.iter().zip(&agent_msgs) {
         out.push((*n, enc(m)));
     }
     let names = [
-        "welcome", "rejected", "joined", "renewed", "assign", "cancel", "ack",
+        "welcome",
+        "rejected",
+        "joined",
+        "renewed",
+        "assign",
+        "cancel",
+        "ack",
+        "context_follows",
     ];
     for (n, m) in names.iter().zip(&coord_msgs) {
         out.push((*n, enc(m)));
@@ -327,6 +379,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         "cancel_build",
         "build_logs",
         "wait_build",
+        "has_context",
+        "upload_context",
+        "list_cache",
+        "prune_cache",
     ];
     for (n, m) in names.iter().zip(&admin_reqs) {
         out.push((*n, enc(m)));
@@ -341,6 +397,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         "builds",
         "log",
         "log_end",
+        "context_present",
+        "context_stored",
+        "cache",
+        "pruned",
     ];
     for (n, m) in names.iter().zip(&admin_resps) {
         out.push((*n, enc(m)));

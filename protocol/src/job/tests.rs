@@ -117,6 +117,12 @@ fn event(name: &str) -> JobEvent {
             reason: "user".into(),
             at: t(10),
         },
+        "cache" => JobEvent::FromCache {
+            agent: agent(3),
+            from_build: BuildId::from_bytes([5; 16]),
+            result: result(),
+            at: t(10),
+        },
         other => panic!("unknown event {other}"),
     }
 }
@@ -129,8 +135,8 @@ const STATES: [&str; 6] = [
     "failed",
     "cancelled",
 ];
-const EVENTS: [&str; 7] = [
-    "assign", "start", "succeed", "fail", "requeue", "abort", "cancel",
+const EVENTS: [&str; 8] = [
+    "assign", "start", "succeed", "fail", "requeue", "abort", "cancel", "cache",
 ];
 
 /// The whole transition table: (state, event) → the state after, or None if illegal.
@@ -139,6 +145,7 @@ fn expected(state: &str, event: &str) -> Option<&'static str> {
         ("queued", "assign") => Some("assigned"),
         ("queued", "abort") => Some("failed"),
         ("queued", "cancel") => Some("cancelled"),
+        ("queued", "cache") => Some("succeeded"),
         ("assigned", "start") => Some("running"),
         ("assigned" | "running", "succeed") => Some("succeeded"),
         ("assigned" | "running", "fail") => Some("failed"),

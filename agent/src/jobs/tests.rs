@@ -1,0 +1,242 @@
+//! The job set with a fake process layer and registry: admission, held results, acks,
+//! restarts, cancel and shutdown.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use helix_protocol::wire::PinnedSource;
+use helix_protocol::{BuildId, Digest, ImageRef, ImageResult, JobId};
+use helix_registry::RegistryError;
+
+use super::*;
+use crate::builder::fake::{FakeRunner, Reply};
+use crate::builder::{BoxFuture, Buildah};
+use crate::executor::ImagePusher;
+
+#[derive(Debug)]
+struct OkPusher;
+
+fn image() -> ImageResult {
+    ImageResult {
+        digest: Digest::sha256_of(b"manifest"),
+        size: 428,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+    }
+}
+
+impl ImagePusher for OkPusher {
+    fn push<'a>(
+        &'a self,
+        _layout_dir: &'a Path,
+        _name: &'a str,
+        _destination: &'a ImageRef,
+        _cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<ImageResult, RegistryError>> {
+        Box::pin(async { Ok(image()) })
+    }
+}
+
+/// Builds hang until cancelled.
+fn hanging() -> FakeRunner {
+    FakeRunner::replying(|cmd| match cmd.args.get(4).map(String::as_str) {
+        Some("build") if cmd.program == "buildah" => Reply::hang("STEP 1/2\n"),
+        _ => Reply::ok(""),
+    })
+}
+
+fn jobs_in(
+    dir: &Path,
+    runner: FakeRunner,
+    capacity: u32,
+) -> (Jobs, mpsc::UnboundedReceiver<Notice>) {
+    let runner = Arc::new(runner);
+    let builder = Arc::new(Buildah::new(&dir.join("storage"), runner.clone()));
+    let executor = Executor::new(dir.join("work"), runner, builder, Arc::new(OkPusher));
+    let (jobs, rx) = Jobs::new(
+        executor,
+        ResultStore::new(dir.join("results")),
+        vec!["linux/amd64".parse().expect("platform")],
+        capacity,
+    );
+    (jobs.with_delivery_wait(Duration::from_millis(10)), rx)
+}
+
+fn assignment(platform: &str) -> Assignment {
+    Assignment {
+        job: JobId::new_v4(),
+        attempt: 1,
+        build: BuildId::new_v4(),
+        platform: platform.parse().expect("platform"),
+        source: PinnedSource::Git {
+            repo: "file:///srv/repo".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        },
+        dockerfile: "Dockerfile".into(),
+        build_args: BTreeMap::new(),
+        target: None,
+        labels: BTreeMap::new(),
+        destination: "127.0.0.1:5000/demo/app:v1".parse().expect("ref"),
+        no_cache: false,
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Notice>) -> Notice {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notice in time")
+        .expect("channel open")
+}
+
+fn refusal(reply: AssignReply) -> JobFailure {
+    match reply {
+        AssignReply::Refused(f) => f,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn assignments_it_cannot_run_are_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (jobs, mut rx) = jobs_in(tmp.path(), hanging(), 1);
+
+    let f = refusal(jobs.assign(assignment("linux/arm64")));
+    assert_eq!(f.kind, FailureKind::Infrastructure);
+    assert_eq!(
+        f.message,
+        "this agent cannot build linux/arm64: it builds linux/amd64"
+    );
+
+    let a = assignment("linux/x86_64");
+    let key = (a.job, a.attempt);
+    assert!(matches!(jobs.assign(a.clone()), AssignReply::Accepted(_)));
+    assert_eq!(next(&mut rx).await, Notice::Started(key));
+    assert!(matches!(jobs.assign(a), AssignReply::AlreadyRunning));
+
+    let f = refusal(jobs.assign(assignment("linux/amd64")));
+    assert_eq!(f.kind, FailureKind::Infrastructure);
+    assert_eq!(
+        f.message,
+        "this agent has no free slot: it runs 1 job(s), its capacity is 1"
+    );
+    assert_eq!(
+        jobs.held(),
+        [HeldJob {
+            job: key.0,
+            attempt: 1,
+            outcome: None
+        }]
+    );
+
+    // A job being cancelled winds down and frees its slot at once.
+    assert!(jobs.cancel(&key));
+    assert!(matches!(
+        jobs.assign(assignment("linux/amd64")),
+        AssignReply::Accepted(_)
+    ));
+    jobs.shutdown().await;
+}
+
+#[tokio::test]
+async fn results_are_held_on_disk_until_acknowledged_even_across_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (jobs, mut rx) = jobs_in(tmp.path(), FakeRunner::default(), 2);
+    let a = assignment("linux/amd64");
+    let key = (a.job, a.attempt);
+    let AssignReply::Accepted(log) = jobs.assign(a.clone()) else {
+        panic!("accepted")
+    };
+    assert_eq!(next(&mut rx).await, Notice::Started(key));
+    assert_eq!(next(&mut rx).await, Notice::Finished(key));
+    let succeeded = JobOutcome::Succeeded(image());
+    assert_eq!(jobs.outcome(&key), Some(succeeded.clone()));
+    assert_eq!(jobs.unacked(), [(key, succeeded.clone())]);
+    assert_eq!(jobs.running(), 0);
+    assert!(log.state().closed);
+    // The same assignment again (a duplicate): the result, not a second build.
+    assert!(matches!(
+        jobs.assign(a.clone()),
+        AssignReply::AlreadyFinished(o) if o == succeeded
+    ));
+    let logs = jobs.logs_to_send();
+    assert_eq!(
+        logs.len(),
+        1,
+        "an undelivered log is sent again on reconnect"
+    );
+    let result_file = tmp
+        .path()
+        .join(format!("results/{}.json", crate::results::key_name(&key)));
+    assert!(result_file.exists());
+
+    // The agent dies here. A job that was running then leaves a work dir behind.
+    drop(jobs);
+    let orphan = tmp.path().join(format!("work/{}-1", JobId::new_v4()));
+    std::fs::create_dir_all(orphan.join("src")).expect("orphan");
+    let (jobs, _rx) = jobs_in(tmp.path(), FakeRunner::default(), 2);
+    jobs.recover().await;
+    assert_eq!(
+        jobs.held(),
+        [HeldJob {
+            job: key.0,
+            attempt: 1,
+            outcome: Some(succeeded.clone())
+        }]
+    );
+    assert!(!orphan.exists(), "the dead job's work dir is removed");
+    let work = tmp
+        .path()
+        .join(format!("work/{}", crate::results::key_name(&key)));
+    assert!(
+        work.join(crate::executor::LOG_FILE).exists(),
+        "the held job keeps its log"
+    );
+    let logs = jobs.logs_to_send();
+    assert_eq!(logs.len(), 1);
+    assert!(logs[0].1.state().closed);
+
+    // The coordinator recorded it: gone from memory, then from disk.
+    assert!(jobs.ack(&key));
+    assert!(!jobs.ack(&key), "a second ack is a no-op");
+    assert!(jobs.held().is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while result_file.exists() || work.exists() {
+        assert!(std::time::Instant::now() < deadline, "removed in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (again, _rx) = jobs_in(tmp.path(), FakeRunner::default(), 2);
+    again.recover().await;
+    assert!(again.held().is_empty(), "an acknowledged result stays gone");
+}
+
+#[tokio::test]
+async fn a_cancel_reports_cancelled_and_a_shutdown_asks_for_a_retry() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (jobs, mut rx) = jobs_in(tmp.path(), hanging(), 2);
+    let a = assignment("linux/amd64");
+    let cancelled = (a.job, a.attempt);
+    assert!(matches!(jobs.assign(a), AssignReply::Accepted(_)));
+    assert_eq!(next(&mut rx).await, Notice::Started(cancelled));
+    assert!(jobs.cancel(&cancelled));
+    assert_eq!(next(&mut rx).await, Notice::Finished(cancelled));
+    assert_eq!(jobs.outcome(&cancelled), Some(JobOutcome::Cancelled));
+    assert!(!jobs.cancel(&cancelled), "not running any more");
+
+    let b = assignment("linux/amd64");
+    let interrupted = (b.job, b.attempt);
+    assert!(matches!(jobs.assign(b), AssignReply::Accepted(_)));
+    assert_eq!(next(&mut rx).await, Notice::Started(interrupted));
+    tokio::time::timeout(Duration::from_secs(10), jobs.shutdown())
+        .await
+        .expect("shutdown waits for the jobs, and they stop");
+    assert_eq!(next(&mut rx).await, Notice::Finished(interrupted));
+    match jobs.outcome(&interrupted) {
+        Some(JobOutcome::Failed(f)) => {
+            assert_eq!(f.kind, FailureKind::Infrastructure);
+            assert_eq!(f.message, "the agent shut down before the job finished");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(jobs.running(), 0);
+    let f = refusal(jobs.assign(assignment("linux/amd64")));
+    assert_eq!(f.message, "the agent is shutting down");
+}
