@@ -336,7 +336,12 @@ async fn serve_inner(
         }
     };
     let platforms: Vec<String> = adv.platforms.iter().map(|p| p.to_string()).collect();
-    let up = (adv.platforms.clone(), adv.capacity, adv.held.clone());
+    let up = (
+        adv.platforms.clone(),
+        adv.capacity,
+        adv.held.clone(),
+        adv.builder.clone(),
+    );
     let updated = shared
         .store
         .run(move |s| {
@@ -393,13 +398,14 @@ async fn serve_inner(
     };
     let outcome = match framed::write_frame(&mut send, &welcome).await {
         Ok(()) => {
-            let (platforms, capacity, held) = up;
+            let (platforms, capacity, held, builder) = up;
             let up = Input::AgentUp {
                 agent: id,
                 platforms,
                 capacity,
                 schedulable,
                 held,
+                builder,
             };
             if shared.engine.input(up).await.is_err() {
                 Ok("coordinator shutting down")

@@ -8,6 +8,7 @@
 //!   admin.pem          admin bundle: admin certificate, CA, key (0600)
 //!   helix.redb         the store
 //!   logs/<job>.log     build output per job (bounded)
+//!   contexts/sha256/   uploaded build contexts, by digest
 //! ```
 
 use std::os::unix::fs::PermissionsExt;
@@ -40,6 +41,10 @@ impl DataDir {
     }
     pub fn admin_bundle(&self) -> PathBuf {
         self.root.join("admin.pem")
+    }
+    /// Uploaded build contexts, by digest.
+    pub fn contexts(&self) -> PathBuf {
+        self.root.join("contexts")
     }
     /// Per-job build output.
     pub fn logs(&self) -> PathBuf {

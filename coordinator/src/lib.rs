@@ -2,6 +2,7 @@
 //! and admins over mutual-TLS QUIC, and (in later layers) schedules build jobs.
 //!
 //! Reading order:
+//! - [`contexts`]: [`contexts::Contexts`], uploaded build contexts by digest.
 //! - [`datadir`]: [`datadir::DataDir`], what lives where on disk.
 //! - [`init`]: `helix-coordinator init`, creating the CA, certificates and store.
 //! - [`store`]: [`store::Store`], the redb database (agents, join tokens).
@@ -11,6 +12,7 @@
 //! - [`server`]: [`server::Server`], the QUIC listener and role dispatch.
 //! - [`agent_session`]: enrolment and the agent control stream.
 //! - [`admin`]: admin requests.
+//! - [`cache`]: the result cache's policy (keys per build and platform).
 //! - [`client`]: [`client::AdminClient`], the admin CLI's side.
 //! - [`clock`]: the one place the wall clock is read.
 
@@ -18,8 +20,10 @@ mod admin;
 mod agent_session;
 pub mod assembler;
 mod builds;
+pub mod cache;
 pub mod client;
 pub mod clock;
+pub mod contexts;
 pub mod datadir;
 mod engine;
 pub mod git;

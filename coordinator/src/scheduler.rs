@@ -32,6 +32,7 @@ use helix_protocol::{
 use tracing::{info, warn};
 
 use crate::store::Record;
+use helix_protocol::cache::CacheEntry;
 
 /// Tunables of the policy.
 #[derive(Debug, Clone)]
@@ -70,6 +71,8 @@ pub enum Input {
         capacity: u32,
         schedulable: bool,
         held: Vec<HeldJob>,
+        /// Its builder backend (`buildah`, `podman`): results are cached per builder.
+        builder: String,
     },
     AgentDown {
         agent: AgentId,
@@ -141,9 +144,25 @@ struct AgentView {
     lost_at: Option<Timestamp>,
     /// Warm cache: (source key, platform) → when it last built it.
     warm: HashMap<(String, Platform), Timestamp>,
+    /// Its builder backend, from its last Hello.
+    builder: String,
 }
 
 impl AgentView {
+    /// An agent the scheduler has not heard a Hello from yet.
+    fn new(schedulable: bool) -> AgentView {
+        AgentView {
+            platforms: Vec::new(),
+            capacity: 0,
+            schedulable,
+            connected: false,
+            holding: BTreeSet::new(),
+            lost_at: None,
+            warm: HashMap::new(),
+            builder: String::new(),
+        }
+    }
+
     fn free_slots(&self) -> u32 {
         self.capacity
             .saturating_sub(u32::try_from(self.holding.len()).unwrap_or(u32::MAX))
@@ -172,10 +191,7 @@ pub struct Scheduler {
 /// The source key for warm-cache preference: the same repository (or context) and
 /// platform is likely to reuse layers.
 fn source_key(build: &Build) -> String {
-    match &build.spec.source {
-        Source::Git { repo, .. } => format!("git:{repo}"),
-        Source::Context { digest } => format!("context:{digest}"),
-    }
+    crate::cache::source_repository(build)
 }
 
 impl Scheduler {
@@ -203,7 +219,13 @@ impl Scheduler {
                 capacity,
                 schedulable,
                 held,
-            } => self.agent_up(agent, platforms, capacity, schedulable, held, now, &mut out),
+                builder,
+            } => {
+                self.agent_up(agent, platforms, capacity, schedulable, held, now, &mut out);
+                if let Some(view) = self.agents.get_mut(&agent) {
+                    view.builder = builder;
+                }
+            }
             Input::AgentDown { agent } => {
                 if let Some(view) = self.agents.get_mut(&agent) {
                     view.connected = false;
@@ -259,15 +281,10 @@ impl Scheduler {
             if let Some(agent) = job.state().agent() {
                 // Held by an agent that has not said Hello yet (after a restart): it
                 // gets the grace period to come back, starting now.
-                let view = self.agents.entry(agent).or_insert_with(|| AgentView {
-                    platforms: Vec::new(),
-                    capacity: 0,
-                    schedulable: false,
-                    connected: false,
-                    holding: BTreeSet::new(),
-                    lost_at: None,
-                    warm: HashMap::new(),
-                });
+                let view = self
+                    .agents
+                    .entry(agent)
+                    .or_insert_with(|| AgentView::new(false));
                 view.holding.insert(job.id());
                 if !view.connected && view.lost_at.is_none() {
                     view.lost_at = Some(now);
@@ -298,15 +315,10 @@ impl Scheduler {
         now: Timestamp,
         out: &mut Vec<Output>,
     ) {
-        let view = self.agents.entry(agent).or_insert_with(|| AgentView {
-            platforms: Vec::new(),
-            capacity: 0,
-            schedulable,
-            connected: false,
-            holding: BTreeSet::new(),
-            lost_at: None,
-            warm: HashMap::new(),
-        });
+        let view = self
+            .agents
+            .entry(agent)
+            .or_insert_with(|| AgentView::new(schedulable));
         view.platforms = platforms;
         view.capacity = capacity;
         view.schedulable = schedulable;
@@ -729,13 +741,63 @@ impl Scheduler {
         if build.phase != BuildPhase::Assembling {
             return;
         }
+        let succeeded = result.is_ok();
         build.phase = match result {
             Ok(index_digest) => BuildPhase::Succeeded { index_digest },
             Err(reason) => BuildPhase::Failed { reason },
         };
         build.updated_at = now;
-        out.push(Output::Persist(vec![Record::Build(build.clone())]));
+        let no_cache = build.spec.no_cache;
+        let mut records = vec![Record::Build(build.clone())];
+        if succeeded && !no_cache {
+            records.extend(
+                self.cache_entries(build_id, now)
+                    .into_iter()
+                    .map(Record::Cache),
+            );
+        }
+        out.push(Output::Persist(records));
         self.retire(build_id, out);
+    }
+
+    /// Cache entries for the jobs of a build whose images were just verified: the
+    /// jobs an agent built (not those served from the cache), when the agent's
+    /// builder is known.
+    fn cache_entries(&self, build_id: BuildId, now: Timestamp) -> Vec<CacheEntry> {
+        let Some(build) = self.builds.get(&build_id) else {
+            return Vec::new();
+        };
+        let repository = build.spec.tag.repository_ref();
+        build
+            .jobs
+            .iter()
+            .filter_map(|j| self.jobs.get(j))
+            .filter_map(|job| match job.state() {
+                JobState::Succeeded {
+                    agent,
+                    result,
+                    cached_from: None,
+                } => {
+                    let builder = self
+                        .agents
+                        .get(agent)
+                        .map(|v| v.builder.clone())
+                        .filter(|b| !b.is_empty())?;
+                    Some(CacheEntry {
+                        key: crate::cache::key_for(build, job.platform(), &builder),
+                        repository: repository.clone(),
+                        platform: job.platform().clone(),
+                        result: result.clone(),
+                        build: build.id,
+                        agent: *agent,
+                        builder,
+                        created_at: now,
+                        last_used: now,
+                    })
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Forget a terminal build and its jobs.

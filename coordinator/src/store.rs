@@ -13,8 +13,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use helix_protocol::cache::CacheEntry;
 use helix_protocol::{
-    AgentId, AgentInfo, AgentState, Build, BuildId, BuildPhase, Job, JobId, Platform, Timestamp,
+    AgentId, AgentInfo, AgentState, Build, BuildId, BuildPhase, Digest, Job, JobId, Platform,
+    Timestamp,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -24,6 +26,8 @@ const AGENTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("agents_v
 const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens_v1");
 const BUILDS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("builds_v1");
 const JOBS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("jobs_v1");
+/// Result cache entries, under `"<key> <repository>"`.
+const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_v1");
 /// Builds that have not reached a terminal state, so a restart resumes exactly these
 /// without scanning every build ever submitted.
 const ACTIVE: TableDefinition<&[u8; 16], ()> = TableDefinition::new("active_builds_v1");
@@ -153,6 +157,7 @@ impl Store {
             txn.open_table(BUILDS)?;
             txn.open_table(JOBS)?;
             txn.open_table(ACTIVE)?;
+            txn.open_table(CACHE)?;
         }
         txn.commit()?;
         Ok(store)
@@ -331,6 +336,8 @@ impl Store {
 pub enum Record {
     Build(Build),
     Job(Job),
+    /// A verified platform image for the result cache.
+    Cache(CacheEntry),
 }
 
 fn is_terminal(phase: &BuildPhase) -> bool {
@@ -363,6 +370,13 @@ impl Store {
                     }
                     Record::Job(j) => {
                         jobs.insert(j.id().as_bytes(), encode(j).as_slice())?;
+                    }
+                    Record::Cache(c) => {
+                        let mut cache = txn.open_table(CACHE)?;
+                        cache.insert(
+                            cache_row(&c.key, &c.repository).as_str(),
+                            encode(c).as_slice(),
+                        )?;
                     }
                 }
             }
@@ -433,6 +447,87 @@ impl Store {
         Ok(out)
     }
 
+    // ---- result cache -------------------------------------------------------------
+
+    /// The entry for `key` in `repository`, if any.
+    pub fn cache_lookup(
+        &self,
+        key: &Digest,
+        repository: &str,
+    ) -> Result<Option<CacheEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CACHE)?;
+        table
+            .get(cache_row(key, repository).as_str())?
+            .map(|v| decode("cache_v1", v.value()))
+            .transpose()
+    }
+
+    /// Record a hit (for `cache prune --older-than`).
+    pub fn cache_touch(
+        &self,
+        key: &Digest,
+        repository: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(CACHE)?;
+            let row = cache_row(key, repository);
+            let entry: Option<CacheEntry> = table
+                .get(row.as_str())?
+                .map(|v| decode("cache_v1", v.value()))
+                .transpose()?;
+            if let Some(mut e) = entry {
+                e.last_used = now;
+                table.insert(row.as_str(), encode(&e).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn cache_remove(&self, key: &Digest, repository: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(CACHE)?
+            .remove(cache_row(key, repository).as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn cache_list(&self) -> Result<Vec<CacheEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CACHE)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(decode("cache_v1", entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Remove entries last used before `before` (all of them when `None`).
+    pub fn cache_prune(&self, before: Option<Timestamp>) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut table = txn.open_table(CACHE)?;
+            let mut dead = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                let e: CacheEntry = decode("cache_v1", v.value())?;
+                if before.is_none_or(|b| e.last_used < b) {
+                    dead.push(k.value().to_string());
+                }
+            }
+            for k in dead {
+                table.remove(k.as_str())?;
+                removed += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(removed)
+    }
+
     /// The newest `limit` builds, newest first.
     pub fn recent_builds(&self, limit: usize) -> Result<Vec<Build>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -446,6 +541,10 @@ impl Store {
         all.truncate(limit);
         Ok(all)
     }
+}
+
+fn cache_row(key: &Digest, repository: &str) -> String {
+    format!("{key} {repository}")
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

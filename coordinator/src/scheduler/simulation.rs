@@ -65,6 +65,8 @@ struct World {
     terminal: HashMap<BuildId, BuildPhase>,
     next_build: u64,
     cfg: SchedulerConfig,
+    /// Cache entries written.
+    cached: u64,
 }
 
 fn outcome_ok(seed: u64) -> JobOutcome {
@@ -120,6 +122,7 @@ impl World {
             terminal: HashMap::new(),
             next_build: 1,
             cfg,
+            cached: 0,
         }
     }
 
@@ -134,6 +137,15 @@ impl World {
                 Output::Persist(records) => {
                     for r in records {
                         match r {
+                            Record::Cache(entry) => {
+                                let build = &self.store.builds[&entry.build];
+                                assert!(
+                                    matches!(build.phase, BuildPhase::Succeeded { .. }),
+                                    "a cache entry for build {} which did not succeed",
+                                    entry.build
+                                );
+                                self.cached += 1;
+                            }
                             Record::Build(b) => {
                                 if let Some(first) = self.terminal.get(&b.id) {
                                     assert_eq!(
@@ -265,6 +277,7 @@ impl World {
             platforms: a.platforms.clone(),
             capacity: a.capacity,
             schedulable: true,
+            builder: "buildah".into(),
             held,
         };
         self.feed(input);

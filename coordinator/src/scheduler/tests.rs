@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use helix_protocol::build::{BuildSpec, Source};
+use helix_protocol::cache::CacheEntry;
 use helix_protocol::{ImageResult, Job};
 
 use super::*;
@@ -72,6 +73,7 @@ fn up(
             platforms: platforms.iter().map(|x| p(x)).collect(),
             capacity,
             schedulable: true,
+            builder: "buildah".into(),
             held: vec![],
         },
         now,
@@ -302,6 +304,7 @@ fn a_lost_agent_has_a_grace_period_then_its_job_moves_and_late_reports_are_ignor
             platforms: vec![p("linux/amd64")],
             capacity: 1,
             schedulable: true,
+            builder: "buildah".into(),
             held: vec![HeldJob {
                 job: j[0].id(),
                 attempt: 1,
@@ -364,6 +367,7 @@ fn an_agent_back_within_the_grace_period_keeps_its_job() {
             platforms: vec![p("linux/amd64")],
             capacity: 1,
             schedulable: true,
+            builder: "buildah".into(),
             held: vec![HeldJob {
                 job: j[0].id(),
                 attempt: 1,
@@ -585,4 +589,147 @@ fn a_build_past_its_timeout_fails_and_its_jobs_are_cancelled() {
     assert!(out.contains(&Output::BuildDone { build: b.id }));
     let failed = out.iter().any(|o| matches!(o, Output::Persist(r) if r.iter().any(|r| matches!(r, Record::Build(x) if x.phase == BuildPhase::Failed { reason: "timed out after 1m".into() }))));
     assert!(failed, "{out:?}");
+}
+
+#[test]
+fn only_verified_images_of_succeeded_builds_enter_the_cache() {
+    let cache_records = |out: &[Output]| -> Vec<CacheEntry> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Persist(r) => Some(r.iter().filter_map(|r| match r {
+                    Record::Cache(c) => Some(c.clone()),
+                    _ => None,
+                })),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    up(&mut s, agent(1), &["linux/amd64"], 2, t(0));
+    let (b, j) = build(1, "r", &["linux/amd64"], t(1));
+    s.handle(
+        Input::Submit {
+            build: b.clone(),
+            jobs: j.clone(),
+        },
+        t(1),
+    );
+    let out = s.handle(
+        Input::Finished {
+            agent: agent(1),
+            job: j[0].id(),
+            attempt: 1,
+            outcome: ok(b"x"),
+        },
+        t(2),
+    );
+    assert!(
+        cache_records(&out).is_empty(),
+        "not before the assembly verified the image"
+    );
+    let out = s.handle(
+        Input::Assembled {
+            build: b.id,
+            result: Ok(Digest::sha256_of(b"i")),
+        },
+        t(3),
+    );
+    let entries = cache_records(&out);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].builder, "buildah");
+    assert_eq!(entries[0].repository, "localhost:5000/app");
+    assert_eq!(
+        entries[0].key,
+        crate::cache::key_for(&b, &p("linux/amd64"), "buildah")
+    );
+
+    // A failed assembly (e.g. the platform check) caches nothing.
+    let (b2, j2) = build(2, "r", &["linux/amd64"], t(4));
+    s.handle(
+        Input::Submit {
+            build: b2.clone(),
+            jobs: j2.clone(),
+        },
+        t(4),
+    );
+    s.handle(
+        Input::Finished {
+            agent: agent(1),
+            job: j2[0].id(),
+            attempt: 1,
+            outcome: ok(b"y"),
+        },
+        t(5),
+    );
+    let out = s.handle(
+        Input::Assembled {
+            build: b2.id,
+            result: Err("platform mismatch".into()),
+        },
+        t(6),
+    );
+    assert!(cache_records(&out).is_empty());
+
+    // --no-cache builds write no entries either.
+    let (mut b3, j3) = build(3, "r", &["linux/amd64"], t(7));
+    b3.spec.no_cache = true;
+    s.handle(
+        Input::Submit {
+            build: b3.clone(),
+            jobs: j3.clone(),
+        },
+        t(7),
+    );
+    s.handle(
+        Input::Finished {
+            agent: agent(1),
+            job: j3[0].id(),
+            attempt: 1,
+            outcome: ok(b"z"),
+        },
+        t(8),
+    );
+    let out = s.handle(
+        Input::Assembled {
+            build: b3.id,
+            result: Ok(Digest::sha256_of(b"i3")),
+        },
+        t(9),
+    );
+    assert!(cache_records(&out).is_empty());
+
+    // A build whose every job came from the cache goes straight to assembly.
+    let (b4, mut j4) = build(4, "r", &["linux/amd64"], t(10));
+    let JobOutcome::Succeeded(result) = ok(b"x") else {
+        unreachable!()
+    };
+    j4[0]
+        .transition(JobEvent::FromCache {
+            agent: agent(1),
+            from_build: b.id,
+            result,
+            at: t(10),
+        })
+        .expect("legal");
+    let out = s.handle(
+        Input::Submit {
+            build: b4.clone(),
+            jobs: j4,
+        },
+        t(10),
+    );
+    assert!(assigns(&out).is_empty(), "no job reaches an agent");
+    assert!(out.iter().any(|o| matches!(o, Output::Assemble { .. })));
+    let out = s.handle(
+        Input::Assembled {
+            build: b4.id,
+            result: Ok(Digest::sha256_of(b"i4")),
+        },
+        t(11),
+    );
+    assert!(
+        cache_records(&out).is_empty(),
+        "cached jobs are not re-entered"
+    );
 }
