@@ -127,6 +127,13 @@ async fn handle_stream(
         }
         Err(_) => return,
     };
+    if let AdminRequest::UploadContext { digest, size } = request {
+        let response = builds::upload_context(&shared, &mut recv, &digest, size).await;
+        if framed::write_frame(&mut send, &response).await.is_ok() {
+            let _ = send.finish();
+        }
+        return;
+    }
     if let AdminRequest::BuildLogs {
         build,
         platform,
@@ -199,13 +206,12 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
         AdminRequest::GetBuild { build } => builds::view(shared, build).await,
         AdminRequest::CancelBuild { build } => builds::cancel(shared, build).await,
         AdminRequest::WaitBuild { build } => builds::wait(shared, build).await,
-        AdminRequest::HasContext { .. }
-        | AdminRequest::UploadContext { .. }
-        | AdminRequest::ListCache
-        | AdminRequest::PruneCache { .. } => error(
-            RejectCode::BadRequest,
-            "not supported by this coordinator version",
-        ),
+        AdminRequest::HasContext { digest } => builds::has_context(shared, &digest),
+        AdminRequest::ListCache => builds::cache_list(shared).await,
+        AdminRequest::PruneCache { older_than_secs } => {
+            builds::cache_prune(shared, older_than_secs).await
+        }
+        AdminRequest::UploadContext { .. } => error(RejectCode::BadRequest, "uploads are streamed"),
         AdminRequest::BuildLogs { .. } => {
             error(RejectCode::BadRequest, "log requests are streamed")
         }

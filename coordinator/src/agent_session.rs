@@ -519,6 +519,12 @@ async fn session_loop(
                 }
             }
             Some(_) = log_streams.join_next(), if !log_streams.is_empty() => {}
+            stream = conn.accept_bi() => {
+                match stream {
+                    Ok((send, recv)) => { log_streams.spawn(serve_context(send, recv, id, shared.clone())); }
+                    Err(e) => return Err(StreamError::Connection(e)),
+                }
+            }
             stream = conn.accept_uni() => {
                 match stream {
                     Ok(stream) => { log_streams.spawn(receive_log(stream, id, shared.clone())); }
@@ -567,5 +573,80 @@ async fn receive_log(mut recv: quinn::RecvStream, agent: AgentId, shared: Arc<Sh
         if let Ok(Err(e)) = appended {
             warn!("cannot write a build log: {e}");
         }
+    }
+}
+
+/// An agent's context download on its own stream: `FetchContext`, then the bytes.
+async fn serve_context(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    agent: AgentId,
+    shared: Arc<Shared>,
+) {
+    let digest = match tokio::time::timeout(
+        Duration::from_secs(30),
+        framed::read_frame::<AgentToCoordinator>(&mut recv),
+    )
+    .await
+    {
+        Ok(Ok(Some(AgentToCoordinator::FetchContext { digest }))) => digest,
+        _ => {
+            refuse(
+                &mut send,
+                RejectCode::BadRequest,
+                "a new stream from an agent must start with FetchContext",
+            )
+            .await;
+            return;
+        }
+    };
+    if !shared.engine.needs_context(agent, digest.clone()).await {
+        info!(%agent, %digest, "refused a context download for a job the agent does not hold");
+        refuse(
+            &mut send,
+            RejectCode::WrongRole,
+            "this agent holds no job built from that context",
+        )
+        .await;
+        return;
+    }
+    let path = shared.contexts.path(&digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(%digest, "cannot open a stored context: {e}");
+            refuse(
+                &mut send,
+                RejectCode::NotFound,
+                &format!("context {digest} is not stored on the coordinator"),
+            )
+            .await;
+            return;
+        }
+    };
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => {
+            refuse(
+                &mut send,
+                RejectCode::Internal,
+                &format!("cannot read context {digest}: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    if framed::write_frame(&mut send, &CoordinatorToAgent::ContextFollows { size })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match tokio::io::copy(&mut file, &mut send).await {
+        Ok(n) => {
+            let _ = send.finish();
+            tracing::debug!(%agent, %digest, bytes = n, "context sent");
+        }
+        Err(e) => info!(%agent, %digest, "context download interrupted: {e}"),
     }
 }

@@ -34,6 +34,12 @@ impl Assembler {
         Ok(Assembler { registry })
     }
 
+    /// The registry client (shared with the result cache's existence checks, so both
+    /// read the same registry settings).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Verify every job's image and push the index; the index digest, or why not.
     pub async fn assemble(&self, build: &Build, jobs: &[Job]) -> Result<Digest, String> {
         let mut results: Vec<(Platform, ImageResult)> = Vec::with_capacity(jobs.len());

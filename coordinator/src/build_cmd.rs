@@ -126,7 +126,7 @@ async fn resolve(client: &AdminClient, key: &str) -> anyhow::Result<BuildId> {
     }
 }
 
-fn spec_from(args: &SubmitArgs) -> Result<BuildSpec, UsageError> {
+fn spec_from(args: &SubmitArgs, source: Source) -> Result<BuildSpec, UsageError> {
     let mut platforms: Vec<Platform> = Vec::new();
     for item in &args.platforms {
         for p in Platform::parse_list(item).map_err(|e| UsageError(e.to_string()))? {
@@ -147,10 +147,7 @@ fn spec_from(args: &SubmitArgs) -> Result<BuildSpec, UsageError> {
                 .collect()
         };
     Ok(BuildSpec {
-        source: Source::Git {
-            repo: args.repo.clone(),
-            reference: args.reference.clone(),
-        },
+        source,
         dockerfile: args.dockerfile.clone(),
         build_args: pairs("build-arg", &args.build_args)?,
         target: args.target.clone(),
@@ -164,7 +161,17 @@ fn spec_from(args: &SubmitArgs) -> Result<BuildSpec, UsageError> {
 }
 
 async fn submit(client: &AdminClient, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let spec = spec_from(&args)?;
+    let source = match (&args.repo, &args.context) {
+        (Some(repo), None) => Source::Git {
+            repo: repo.clone(),
+            reference: args.reference.clone(),
+        },
+        (None, Some(dir)) => Source::Context {
+            digest: upload_context(client, dir, &args.dockerfile, args.json).await?,
+        },
+        _ => return Err(UsageError("give either --repo or --context".into()).into()),
+    };
+    let spec = spec_from(&args, source)?;
     // Check locally first for a fast, precise message; the coordinator checks again.
     spec.validate(true).map_err(|e| UsageError(e.to_string()))?;
     let view = get(client, AdminRequest::SubmitBuild { spec }).await?;
@@ -263,11 +270,14 @@ fn show(view: &BuildView, json: bool) -> anyhow::Result<()> {
     let b = &view.build;
     println!("Build {}  {}", b.id, view.state);
     println!("  tag:     {}", b.spec.tag);
-    if let Source::Git { repo, reference } = &b.spec.source {
-        println!(
-            "  source:  {repo} @ {reference} (commit {})",
-            b.commit.as_deref().unwrap_or("-")
-        );
+    match &b.spec.source {
+        Source::Git { repo, reference } => {
+            println!(
+                "  source:  {repo} @ {reference} (commit {})",
+                b.commit.as_deref().unwrap_or("-")
+            );
+        }
+        Source::Context { digest } => println!("  source:  uploaded context {digest}"),
     }
     match &b.phase {
         BuildPhase::Succeeded { index_digest } => println!("  index:   {index_digest}"),
@@ -338,4 +348,173 @@ fn print_list(views: &[BuildView]) {
             v.build.spec.tag
         );
     }
+}
+
+/// Pack `dir` deterministically, and upload it unless the coordinator has it already.
+async fn upload_context(
+    client: &AdminClient,
+    dir: &std::path::Path,
+    dockerfile: &str,
+    json: bool,
+) -> anyhow::Result<helix_protocol::Digest> {
+    if !dir.is_dir() {
+        return Err(UsageError(format!("--context {}: not a directory", dir.display())).into());
+    }
+    let show = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let tmp = tempfile::Builder::new()
+        .prefix("helix-context-")
+        .tempdir()?;
+    let archive = tmp.path().join("context.tar");
+    let (dir_owned, dockerfile_owned, archive_owned) =
+        (dir.to_path_buf(), dockerfile.to_string(), archive.clone());
+    let packed = tokio::task::spawn_blocking(move || {
+        helix_context::Packer::new(&dir_owned)
+            .dockerfile(&dockerfile_owned)
+            .pack_to_file(&archive_owned)
+    })
+    .await?
+    .map_err(|e| UsageError(format!("cannot pack --context {}: {e}", dir.display())))?;
+    if !json {
+        eprintln!(
+            "Packed {} ({} files, {}) as {}",
+            dir.display(),
+            packed.files,
+            human_bytes(packed.size),
+            packed.digest
+        );
+    }
+    match client
+        .request(AdminRequest::HasContext {
+            digest: packed.digest.clone(),
+        })
+        .await?
+    {
+        AdminResponse::ContextPresent { present: true, .. } => {
+            if !json {
+                eprintln!("The coordinator already has this context; nothing to upload.");
+            }
+            return Ok(packed.digest);
+        }
+        AdminResponse::ContextPresent {
+            present: false,
+            max_size,
+        } if packed.size > max_size => {
+            return Err(UsageError(format!(
+                "the context is {}, over the coordinator's limit of {} (--max-context-size); add a .dockerignore",
+                human_bytes(packed.size),
+                human_bytes(max_size)
+            ))
+            .into());
+        }
+        AdminResponse::ContextPresent { .. } => {}
+        other => bail!("unexpected reply: {other:?}"),
+    }
+    let bar = show.then(|| {
+        let bar = indicatif::ProgressBar::new(packed.size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "uploading context [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let result = client
+        .upload_context(&packed.digest, packed.size, &archive, |sent| {
+            if let Some(b) = &bar {
+                b.set_position(sent);
+            }
+        })
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match result? {
+        AdminResponse::ContextStored { digest, .. } => {
+            if !json {
+                eprintln!("Uploaded the context ({}).", human_bytes(packed.size));
+            }
+            Ok(digest)
+        }
+        other => bail!("unexpected reply: {other:?}"),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `cache list` / `cache prune`.
+pub(crate) async fn cache(
+    client: &AdminClient,
+    cmd: crate::cli::CacheCommand,
+) -> anyhow::Result<ExitCode> {
+    match cmd {
+        crate::cli::CacheCommand::List { json } => {
+            let entries = match client.request(AdminRequest::ListCache).await? {
+                AdminResponse::Cache(e) => e,
+                other => bail!("unexpected reply: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                eprintln!("The result cache is empty.");
+            } else {
+                println!(
+                    "{:<16}  {:<40}  {:<8}  {:<14}  BUILT BY BUILD",
+                    "PLATFORM", "REPOSITORY", "BUILDER", "DIGEST"
+                );
+                for e in &entries {
+                    println!(
+                        "{:<16}  {:<40}  {:<8}  {:<14}  {}",
+                        e.platform.to_string(),
+                        e.repository,
+                        e.builder,
+                        e.result
+                            .digest
+                            .as_str()
+                            .chars()
+                            .take(14 + 7)
+                            .skip(7)
+                            .collect::<String>(),
+                        e.build
+                    );
+                }
+            }
+        }
+        crate::cli::CacheCommand::Prune { older_than, json } => {
+            let req = AdminRequest::PruneCache {
+                older_than_secs: older_than.map(|d| d.as_secs()),
+            };
+            match client.request(req).await? {
+                AdminResponse::Pruned {
+                    cache_entries,
+                    contexts,
+                } => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "cache_entries": cache_entries, "contexts": contexts })
+                        );
+                    } else {
+                        println!("Removed {cache_entries} cache entries and {contexts} unused build contexts.");
+                    }
+                }
+                other => bail!("unexpected reply: {other:?}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,15 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helix_protocol::build::Source;
+use helix_protocol::cache::CacheEntry;
 use helix_protocol::wire::{AdminResponse, BuildView, RejectCode};
-use helix_protocol::{Build, BuildId, BuildPhase, BuildSpec, Job, JobId, Platform};
+use helix_protocol::{Build, BuildId, BuildPhase, BuildSpec, Job, JobEvent, JobId, Platform};
 use helix_transport::framed;
 use tokio::sync::broadcast::error::RecvError;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::clock::now;
 use crate::scheduler::Input;
 use crate::server::Shared;
+use helix_protocol::Timestamp;
 
 /// How often `build logs --follow` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -43,13 +45,19 @@ pub(crate) async fn submit(shared: &Arc<Shared>, spec: BuildSpec) -> AdminRespon
             Ok(commit) => Some(commit),
             Err(e) => return error(RejectCode::BadRequest, e.to_string()),
         },
-        Source::Context { .. } => {
-            return error(RejectCode::BadRequest, "builds from an uploaded context are not supported by this coordinator version yet: use --repo and --ref");
+        Source::Context { digest } => {
+            if !shared.contexts.contains(digest) {
+                return error(
+                    RejectCode::BadRequest,
+                    format!("context {digest} has not been uploaded to this coordinator (build submit --context uploads it)"),
+                );
+            }
+            None
         }
     };
     let created_at = now();
     let id = BuildId::new_v4();
-    let jobs: Vec<Job> = spec
+    let mut jobs: Vec<Job> = spec
         .platforms
         .iter()
         .map(|p| Job::new(JobId::new_v4(), id, p.clone(), created_at))
@@ -63,12 +71,73 @@ pub(crate) async fn submit(shared: &Arc<Shared>, spec: BuildSpec) -> AdminRespon
         created_at,
         updated_at: created_at,
     };
+    if !build.spec.no_cache {
+        for job in &mut jobs {
+            if let Some(entry) = cache_hit(shared, &build, job.platform()).await {
+                info!(build = %id, platform = %job.platform(), from = %entry.build, "served from the result cache");
+                let event = JobEvent::FromCache {
+                    agent: entry.agent,
+                    from_build: entry.build,
+                    result: entry.result,
+                    at: created_at,
+                };
+                if let Err(e) = job.transition(event) {
+                    return internal(e);
+                }
+            }
+        }
+    }
     info!(build = %id, tag = %build.spec.tag, commit = ?build.commit, platforms = build.spec.platforms.len(), "build submitted");
     match shared.engine.submit(build, jobs).await {
         Ok(Ok(())) => view(shared, id).await,
         Ok(Err(e)) => internal(e),
         Err(e) => error(RejectCode::Internal, e.to_string()),
     }
+}
+
+/// A cache entry for `build`'s job on `platform` whose manifest is still in the
+/// registry. An entry whose manifest is gone is dropped (the job is built again); a
+/// registry that cannot be asked is a miss, never a failed submit.
+async fn cache_hit(shared: &Arc<Shared>, build: &Build, platform: &Platform) -> Option<CacheEntry> {
+    let repository = build.spec.tag.repository_ref();
+    for builder in crate::cache::BUILDERS {
+        let key = crate::cache::key_for(build, platform, builder);
+        let repo = repository.clone();
+        let lookup_key = key.clone();
+        let entry = match shared
+            .store
+            .run(move |s| s.cache_lookup(&lookup_key, &repo))
+            .await
+        {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!("cache lookup failed: {e}");
+                return None;
+            }
+        };
+        let image = build.spec.tag.with_digest(entry.result.digest.clone());
+        match shared.assembler.registry().manifest_exists(&image).await {
+            Ok(true) => {
+                let (k, repo, now) = (key.clone(), repository.clone(), now());
+                let _ = shared
+                    .store
+                    .run(move |s| s.cache_touch(&k, &repo, now))
+                    .await;
+                return Some(entry);
+            }
+            Ok(false) => {
+                info!(%image, "cache entry dropped: its manifest is gone from the registry");
+                let (k, repo) = (key.clone(), repository.clone());
+                let _ = shared.store.run(move |s| s.cache_remove(&k, &repo)).await;
+            }
+            Err(e) => {
+                warn!(%image, "cannot check a cache entry in the registry, building instead: {e}");
+                return None;
+            }
+        }
+    }
+    None
 }
 
 /// A build as `build get` shows it: live from the scheduler while active, else from
@@ -248,4 +317,89 @@ pub(crate) async fn logs(
         tokio::time::sleep(FOLLOW_POLL).await;
     }
     framed::write_frame(send, &AdminResponse::LogEnd).await
+}
+
+/// `cache list`.
+pub(crate) async fn cache_list(shared: &Arc<Shared>) -> AdminResponse {
+    match shared.store.run(|s| s.cache_list()).await {
+        Ok(mut entries) => {
+            entries.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+            AdminResponse::Cache(entries)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `cache prune`: old entries, and contexts no active build references.
+pub(crate) async fn cache_prune(
+    shared: &Arc<Shared>,
+    older_than_secs: Option<u64>,
+) -> AdminResponse {
+    let before = older_than_secs.map(|s| Timestamp(now().0.saturating_sub(s.saturating_mul(1000))));
+    let cache_entries = match shared.store.run(move |s| s.cache_prune(before)).await {
+        Ok(n) => n,
+        Err(e) => return internal(e),
+    };
+    match gc_contexts(shared, std::time::Duration::ZERO).await {
+        Ok(contexts) => AdminResponse::Pruned {
+            cache_entries,
+            contexts,
+        },
+        Err(e) => internal(e),
+    }
+}
+
+/// Remove contexts no active build references and older than `min_age`.
+pub(crate) async fn gc_contexts(
+    shared: &Arc<Shared>,
+    min_age: std::time::Duration,
+) -> Result<u64, String> {
+    let active = shared
+        .store
+        .run(|s| s.active_builds())
+        .await
+        .map_err(|e| e.to_string())?;
+    let keep: std::collections::HashSet<helix_protocol::Digest> = active
+        .iter()
+        .filter_map(|(b, _)| match &b.spec.source {
+            Source::Context { digest } => Some(digest.clone()),
+            Source::Git { .. } => None,
+        })
+        .collect();
+    let contexts = shared.contexts.clone();
+    tokio::task::spawn_blocking(move || contexts.gc(&keep, min_age))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// `build submit --context`: is the context here already?
+pub(crate) fn has_context(shared: &Arc<Shared>, digest: &helix_protocol::Digest) -> AdminResponse {
+    AdminResponse::ContextPresent {
+        present: shared.contexts.contains(digest),
+        max_size: shared.contexts.max_size(),
+    }
+}
+
+/// Receive an uploaded context on the request's stream.
+pub(crate) async fn upload_context(
+    shared: &Arc<Shared>,
+    recv: &mut quinn::RecvStream,
+    digest: &helix_protocol::Digest,
+    size: u64,
+) -> AdminResponse {
+    match shared.contexts.receive(digest, size, recv).await {
+        Ok(size) => {
+            info!(%digest, size, "build context stored");
+            AdminResponse::ContextStored {
+                digest: digest.clone(),
+                size,
+            }
+        }
+        Err(e @ crate::contexts::ContextStoreError::Io(_)) => internal(e),
+        Err(e) => {
+            info!(%digest, "build context refused: {e}");
+            error(RejectCode::BadRequest, e.to_string())
+        }
+    }
 }

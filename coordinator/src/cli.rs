@@ -66,6 +66,27 @@ pub(crate) enum Command {
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The result cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// List cached platform images, most recently used first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop cache entries (all, or those unused for --older-than) and build contexts
+    /// no active build references.
+    Prune {
+        /// Only entries not used for this long, e.g. 7d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,8 +134,12 @@ pub(crate) enum BuildCommand {
 #[derive(Debug, Args)]
 pub(crate) struct SubmitArgs {
     /// Git repository URL (https, http, ssh, git; file only when the coordinator allows it).
+    #[arg(long, required_unless_present = "context", conflicts_with = "context")]
+    pub(crate) repo: Option<String>,
+    /// A local directory to build instead of a repository: packed (honoring
+    /// .containerignore/.dockerignore) and uploaded to the coordinator.
     #[arg(long)]
-    pub(crate) repo: String,
+    pub(crate) context: Option<std::path::PathBuf>,
     /// Branch, tag or full commit id; pinned to one commit at submit.
     #[arg(long = "ref", default_value = "HEAD")]
     pub(crate) reference: String,
@@ -199,6 +224,10 @@ pub(crate) struct ServeArgs {
     /// A connection silent this long is dead; keep-alives go out at a third of it.
     #[arg(long, env = "HELIX_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
+    /// Largest build context accepted from `build submit --context`, e.g. 2GiB,
+    /// 500MB or a byte count.
+    #[arg(long, env = "HELIX_MAX_CONTEXT_SIZE", default_value = "2GiB", value_parser = parse_size)]
+    pub(crate) max_context_size: u64,
     /// Address of the Prometheus /metrics, /healthz and /readyz listener; empty to
     /// turn it off.
     #[arg(long, env = "HELIX_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
@@ -256,4 +285,30 @@ pub(crate) struct AgentArg {
     /// Print the updated agent as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// A size like `2GiB`, `500MB`, `64KiB` or `1048576`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 2GiB, 500MB, 1048576)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }

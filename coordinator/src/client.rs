@@ -114,6 +114,63 @@ impl AdminClient {
         }
     }
 
+    /// Upload the file at `path` as build context `digest` (`size` bytes): the
+    /// `UploadContext` frame, then the raw bytes, then the coordinator's verdict.
+    /// `progress` is called with the bytes sent so far.
+    pub async fn upload_context(
+        &self,
+        digest: &helix_protocol::Digest,
+        size: u64,
+        path: &std::path::Path,
+        mut progress: impl FnMut(u64),
+    ) -> Result<AdminResponse, ClientError> {
+        use tokio::io::AsyncReadExt;
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.lost(e.into()))?;
+        let req = AdminRequest::UploadContext {
+            digest: digest.clone(),
+            size,
+        };
+        framed::write_frame(&mut send, &req)
+            .await
+            .map_err(|e| self.lost(e))?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Unexpected(format!("cannot read {}: {e}", path.display())))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sent = 0u64;
+        loop {
+            let n = file.read(&mut buf).await.map_err(|e| {
+                ClientError::Unexpected(format!("cannot read {}: {e}", path.display()))
+            })?;
+            if n == 0 {
+                break;
+            }
+            // A refusal (too large) arrives as a stopped stream; read the reason below.
+            if send.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent += n as u64;
+            progress(sent);
+        }
+        let _ = send.finish();
+        match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            framed::read_frame::<AdminResponse>(&mut recv),
+        )
+        .await
+        {
+            Ok(Ok(Some(AdminResponse::Error { code, message }))) => Err(ClientError::Refused {
+                addr: self.addr.clone(),
+                code,
+                message,
+            }),
+            Ok(Ok(Some(resp))) => Ok(resp),
+            Ok(Ok(None)) => Err(self.lost(StreamError::Closed)),
+            Ok(Err(e)) => Err(self.lost(e)),
+            Err(_) => Err(self.lost(StreamError::Timeout(REQUEST_TIMEOUT))),
+        }
+    }
+
     /// Read the next response of a streamed request; `None` at the end of the stream.
     pub async fn next(
         &self,

@@ -106,6 +106,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cache(cmd) => {
+            let client = connect(g).await?;
+            let result = crate::build_cmd::cache(&client, cmd).await;
+            client.close().await;
+            result
+        }
         Command::Build(cmd) => {
             let client = connect(g).await?;
             let result = crate::build_cmd::run(&client, cmd).await;
@@ -123,6 +129,7 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     opts.insecure_registries = args.insecure_registries;
     opts.scheduler.grace = args.grace_period;
     opts.scheduler.max_attempts = args.max_attempts;
+    opts.max_context_size = args.max_context_size;
     let server = Server::spawn(opts).await?;
     eprintln!("helix-coordinator listening on {}", server.local_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

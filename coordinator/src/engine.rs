@@ -31,6 +31,11 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum Msg {
     Input(Input),
+    NeedsContext {
+        agent: AgentId,
+        digest: helix_protocol::Digest,
+        reply: oneshot::Sender<bool>,
+    },
     Holding {
         reply: oneshot::Sender<std::collections::BTreeMap<AgentId, u32>>,
     },
@@ -121,6 +126,28 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Active { build, reply }).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// Whether `agent` may download context `digest`.
+    pub(crate) async fn needs_context(
+        &self,
+        agent: AgentId,
+        digest: helix_protocol::Digest,
+    ) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::NeedsContext {
+                agent,
+                digest,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// How many jobs each agent holds.
@@ -273,6 +300,14 @@ impl Engine {
             }
             Msg::Active { build, reply } => {
                 let _ = reply.send(self.scheduler.active(build));
+                Ok(())
+            }
+            Msg::NeedsContext {
+                agent,
+                digest,
+                reply,
+            } => {
+                let _ = reply.send(self.scheduler.needs_context(agent, &digest));
                 Ok(())
             }
             Msg::Holding { reply } => {

@@ -920,6 +920,19 @@ impl Scheduler {
         Some((build.clone(), jobs))
     }
 
+    /// Whether `agent` holds a job whose build is made from context `digest` (it may
+    /// download only those).
+    pub fn needs_context(&self, agent: AgentId, digest: &Digest) -> bool {
+        let Some(view) = self.agents.get(&agent) else {
+            return false;
+        };
+        view.holding
+            .iter()
+            .filter_map(|j| self.jobs.get(j))
+            .filter_map(|j| self.builds.get(&j.build()))
+            .any(|b| matches!(&b.spec.source, Source::Context { digest: d } if d == digest))
+    }
+
     /// How many jobs each known agent holds now.
     pub fn holding(&self) -> BTreeMap<AgentId, u32> {
         self.agents

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::assembler::Assembler;
+use crate::contexts::Contexts;
 use crate::datadir::DataDir;
 use crate::engine::{self, EngineHandle};
 use crate::logs::Logs;
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     pub insecure_registries: Vec<String>,
     /// Lease and retry policy.
     pub scheduler: SchedulerConfig,
+    /// Largest build context an admin may upload, in bytes.
+    pub max_context_size: u64,
 }
 
 impl ServeOptions {
@@ -58,6 +61,7 @@ impl ServeOptions {
             allow_file_repos: false,
             insecure_registries: Vec::new(),
             scheduler: SchedulerConfig::default(),
+            max_context_size: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -112,6 +116,7 @@ pub(crate) struct Shared {
     pub(crate) engine: EngineHandle,
     pub(crate) logs: Arc<Logs>,
     pub(crate) assembler: Arc<Assembler>,
+    pub(crate) contexts: Arc<Contexts>,
 }
 
 impl Shared {
@@ -175,6 +180,14 @@ impl Server {
             })?,
         );
         let assembler = Arc::new(Assembler::new(&opts.insecure_registries)?);
+        let contexts = Arc::new(
+            Contexts::open(&dir.contexts(), opts.max_context_size).map_err(|source| {
+                ServeError::DataDir {
+                    path: dir.contexts().display().to_string(),
+                    source,
+                }
+            })?,
+        );
         let (engine, inbox) = engine::channel();
         let scheduler_cfg = opts.scheduler.clone();
         let shared = Arc::new(Shared {
@@ -187,6 +200,7 @@ impl Server {
             engine: engine.clone(),
             logs,
             assembler,
+            contexts,
         });
         let cancel = CancellationToken::new();
         let cancel_for_loop = cancel.clone();
@@ -199,9 +213,11 @@ impl Server {
             cancel.child_token(),
             fatal.clone(),
         ));
+        let maintenance = tokio::spawn(maintenance(shared.clone(), cancel.child_token()));
         let task = tokio::spawn(async move {
             accept_loop(endpoint_for_loop, shared, cancel_for_loop).await;
             let _ = engine_task.await;
+            let _ = maintenance.await;
         });
         info!(%local_addr, "coordinator listening");
         Ok(Server {
@@ -240,6 +256,24 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+    }
+}
+
+/// Periodic housekeeping: contexts no active build references are removed (an hour
+/// after their last use, so one uploaded for a submit about to happen stays).
+async fn maintenance(shared: Arc<Shared>, cancel: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(600);
+    const MIN_AGE: Duration = Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        match crate::builds::gc_contexts(&shared, MIN_AGE).await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "removed build contexts no build references"),
+            Err(e) => warn!("context garbage collection failed: {e}"),
         }
     }
 }
