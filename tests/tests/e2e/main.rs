@@ -2,6 +2,7 @@
 //! One test binary, one module per area.
 
 mod builds;
+mod cache;
 mod cluster;
 mod faults;
 mod raw;
