@@ -80,6 +80,10 @@ pub(crate) async fn serve_join(
                 _ => None,
             };
             info!(%remote, agent = ?agent_id, %name, "agent enrolled");
+            let label = crate::metrics::ResultLabel {
+                result: "success".into(),
+            };
+            shared.metrics.enrollments.get_or_create(&label).inc();
             if framed::write_frame(&mut send, &reply).await.is_ok() {
                 let _ = send.finish();
             }
@@ -88,6 +92,10 @@ pub(crate) async fn serve_join(
         }
         Err((code, reason)) => {
             info!(%remote, %name, "join refused: {reason}");
+            let label = crate::metrics::ResultLabel {
+                result: "refused".into(),
+            };
+            shared.metrics.enrollments.get_or_create(&label).inc();
             refuse(&mut send, code, &reason).await;
             let close_code = if code == RejectCode::VersionMismatch {
                 close::VERSION_MISMATCH
@@ -390,6 +398,9 @@ async fn serve_inner(
             .close(close::REPLACED.into(), b"replaced by a newer connection");
     }
     info!(platforms = %platforms.join(","), "agent connected");
+    if record.last_seen.is_some() {
+        shared.metrics.agent_reconnects.inc();
+    }
 
     let welcome = CoordinatorToAgent::Welcome {
         protocol_version: PROTOCOL_VERSION,

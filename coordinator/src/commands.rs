@@ -130,8 +130,20 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     opts.scheduler.grace = args.grace_period;
     opts.scheduler.max_attempts = args.max_attempts;
     opts.max_context_size = args.max_context_size;
+    opts.metrics_listen = match args.metrics_listen.trim() {
+        "" => None,
+        addr => Some(addr.parse().map_err(|_| {
+            UsageError(format!("invalid --metrics-listen {addr:?}: expected HOST:PORT, e.g. 127.0.0.1:9464, or '' to turn it off"))
+        })?),
+    };
     let server = Server::spawn(opts).await?;
     eprintln!("helix-coordinator listening on {}", server.local_addr());
+    // READY=1 once the store is open and QUIC is bound; a no-op without NOTIFY_SOCKET.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("listening on {}", server.local_addr())),
+    ]);
+    let status = tokio::spawn(status_lines(server.status_source()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install the SIGTERM handler")?;
     let failed = tokio::select! {
@@ -140,6 +152,11 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         () = server.failed() => true,
     };
     tracing::info!("shutting down");
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("shutting down"),
+    ]);
+    status.abort();
     server.shutdown().await;
     if failed {
         bail!(
@@ -337,5 +354,20 @@ fn print_agents(list: &[AgentInfo]) {
     println!("{}", line(header.to_vec()));
     for r in &rows {
         println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("cannot notify the service manager: {e}");
+    }
+}
+
+/// `STATUS=` lines a person wants to see in `systemctl status`.
+async fn status_lines(source: helix_coordinator::server::StatusSource) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let line = source.status().await;
+        notify(&[sd_notify::NotifyState::Status(&line)]);
     }
 }

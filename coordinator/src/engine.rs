@@ -31,6 +31,9 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum Msg {
     Input(Input),
+    Snapshot {
+        reply: oneshot::Sender<crate::scheduler::Snapshot>,
+    },
     NeedsContext {
         agent: AgentId,
         digest: helix_protocol::Digest,
@@ -126,6 +129,15 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Active { build, reply }).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// The scheduler's present state (for metrics and status lines).
+    pub(crate) async fn snapshot(&self) -> crate::scheduler::Snapshot {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Snapshot { reply }).await.is_err() {
+            return Default::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Whether `agent` may download context `digest`.
@@ -302,6 +314,10 @@ impl Engine {
                 let _ = reply.send(self.scheduler.active(build));
                 Ok(())
             }
+            Msg::Snapshot { reply } => {
+                let _ = reply.send(self.scheduler.snapshot());
+                Ok(())
+            }
             Msg::NeedsContext {
                 agent,
                 digest,
@@ -319,7 +335,21 @@ impl Engine {
 
     /// One input through the scheduler, and its outputs carried out in order.
     async fn step(&mut self, input: Input) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let outputs = self.scheduler.handle(input, now());
+        let assigns = outputs
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        msg: helix_protocol::wire::CoordinatorToAgent::Assign(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        self.observe(&outputs);
         for output in outputs {
             match output {
                 Output::Persist(records) => self.store.run(move |s| s.commit(&records)).await?,
@@ -361,6 +391,72 @@ impl Engine {
                 }
             }
         }
+        if assigns > 0 {
+            // From the event that made the jobs placeable to their assignments being
+            // committed and handed to the agents' sessions.
+            let secs = started.elapsed().as_secs_f64();
+            for _ in 0..assigns {
+                self.shared.metrics.dispatch_latency.observe(secs);
+            }
+        }
         Ok(())
+    }
+
+    /// Counters and histograms from the job records about to be persisted.
+    fn observe(&self, outputs: &[Output]) {
+        use crate::metrics::{ResultPlatform, ResultReason};
+        use helix_protocol::{FailureKind, JobState};
+        let m = &self.shared.metrics;
+        let now = now();
+        for o in outputs {
+            let Output::Persist(records) = o else {
+                continue;
+            };
+            for r in records {
+                let crate::store::Record::Job(job) = r else {
+                    continue;
+                };
+                let platform = job.platform().to_string();
+                match job.state() {
+                    JobState::Assigned { since, .. } => {
+                        let queued_at = job
+                            .history()
+                            .last()
+                            .map(|h| h.ended)
+                            .unwrap_or(job.created_at())
+                            .max(job.created_at());
+                        m.queue_wait
+                            .observe(since.saturating_since(queued_at).as_secs_f64());
+                    }
+                    state if state.is_terminal() => {
+                        let (result, reason) = match state {
+                            JobState::Succeeded {
+                                cached_from: Some(_),
+                                ..
+                            } => ("succeeded", "cached"),
+                            JobState::Succeeded { .. } => ("succeeded", "built"),
+                            JobState::Failed { failure } if failure.kind == FailureKind::Build => {
+                                ("failed", "build")
+                            }
+                            JobState::Failed { .. } => ("failed", "infrastructure"),
+                            _ => ("cancelled", "cancelled"),
+                        };
+                        m.jobs_finished
+                            .get_or_create(&ResultReason {
+                                result: result.into(),
+                                reason: reason.into(),
+                            })
+                            .inc();
+                        m.job_duration
+                            .get_or_create(&ResultPlatform {
+                                result: result.into(),
+                                platform,
+                            })
+                            .observe(now.saturating_since(job.created_at()).as_secs_f64());
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`store`]: [`store::Store`], the redb database (agents, join tokens).
 //! - [`git`]: pinning a ref to a commit with `git ls-remote`.
 //! - [`logs`]: [`logs::Logs`], bounded per-job build output on disk.
+//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! - [`scheduler`]: [`scheduler::Scheduler`], the sans-IO dispatch and lease policy.
 //! - [`server`]: [`server::Server`], the QUIC listener and role dispatch.
 //! - [`agent_session`]: enrolment and the agent control stream.
@@ -29,6 +30,7 @@ mod engine;
 pub mod git;
 pub mod init;
 pub mod logs;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -175,6 +175,27 @@ impl AgentView {
     }
 }
 
+/// What [`Scheduler::snapshot`] reports.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Active jobs by (state, platform).
+    pub jobs: BTreeMap<(String, String), u64>,
+    /// Queued jobs per platform that no connected, schedulable agent can build.
+    pub unplaceable: BTreeMap<String, u64>,
+    pub agents: Vec<AgentSlots>,
+    pub queued: usize,
+}
+
+/// One agent's slots as the scheduler sees them.
+#[derive(Debug, Clone)]
+pub struct AgentSlots {
+    pub agent: AgentId,
+    pub connected: bool,
+    pub schedulable: bool,
+    pub capacity: u32,
+    pub used: u32,
+}
+
 /// Queue order: oldest build first, then the build's platform order.
 type QueueKey = (Timestamp, BuildId, usize, JobId);
 
@@ -931,6 +952,44 @@ impl Scheduler {
             .filter_map(|j| self.jobs.get(j))
             .filter_map(|j| self.builds.get(&j.build()))
             .any(|b| matches!(&b.spec.source, Source::Context { digest: d } if d == digest))
+    }
+
+    /// The present state, for metrics: active jobs by (state, platform), queued jobs
+    /// no connected agent can build, and each agent's slots.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut jobs: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut unplaceable: BTreeMap<String, u64> = BTreeMap::new();
+        for job in self.jobs.values() {
+            *jobs
+                .entry((job.state().name().to_string(), job.platform().to_string()))
+                .or_default() += 1;
+            if matches!(job.state(), JobState::Queued)
+                && !self.agents.values().any(|v| {
+                    v.connected
+                        && v.schedulable
+                        && v.platforms.iter().any(|p| p.can_build(job.platform()))
+                })
+            {
+                *unplaceable.entry(job.platform().to_string()).or_default() += 1;
+            }
+        }
+        let agents = self
+            .agents
+            .iter()
+            .map(|(id, v)| AgentSlots {
+                agent: *id,
+                connected: v.connected,
+                schedulable: v.schedulable,
+                capacity: v.capacity,
+                used: u32::try_from(v.holding.len()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Snapshot {
+            jobs,
+            unplaceable,
+            agents,
+            queued: self.queue.len(),
+        }
     }
 
     /// How many jobs each known agent holds now.

@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub scheduler: SchedulerConfig,
     /// Largest build context an admin may upload, in bytes.
     pub max_context_size: u64,
+    /// Where to serve /metrics, /healthz and /readyz (None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -62,6 +64,7 @@ impl ServeOptions {
             insecure_registries: Vec::new(),
             scheduler: SchedulerConfig::default(),
             max_context_size: 2 * 1024 * 1024 * 1024,
+            metrics_listen: None,
         }
     }
 }
@@ -117,6 +120,7 @@ pub(crate) struct Shared {
     pub(crate) logs: Arc<Logs>,
     pub(crate) assembler: Arc<Assembler>,
     pub(crate) contexts: Arc<Contexts>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -142,6 +146,7 @@ pub struct Server {
     cancel: CancellationToken,
     /// Cancelled when the coordinator cannot go on (a store write failed).
     fatal: CancellationToken,
+    shared: Arc<Shared>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -201,6 +206,7 @@ impl Server {
             logs,
             assembler,
             contexts,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         let cancel = CancellationToken::new();
         let cancel_for_loop = cancel.clone();
@@ -213,11 +219,39 @@ impl Server {
             cancel.child_token(),
             fatal.clone(),
         ));
+        let shared_for_status = shared.clone();
         let maintenance = tokio::spawn(maintenance(shared.clone(), cancel.child_token()));
+        let metrics_task = match shared.opts.metrics_listen {
+            Some(addr) => {
+                let refresh_shared = shared.clone();
+                let refresh: crate::metrics::Refresh = Arc::new(move || {
+                    let s = refresh_shared.clone();
+                    Box::pin(async move { refresh_gauges(&s).await })
+                });
+                Some(
+                    crate::metrics::serve(
+                        addr,
+                        shared.metrics.clone(),
+                        refresh,
+                        cancel.child_token(),
+                    )
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
+        shared
+            .metrics
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let task = tokio::spawn(async move {
             accept_loop(endpoint_for_loop, shared, cancel_for_loop).await;
             let _ = engine_task.await;
             let _ = maintenance.await;
+            if let Some(t) = metrics_task {
+                let _ = t.await;
+            }
         });
         info!(%local_addr, "coordinator listening");
         Ok(Server {
@@ -225,12 +259,20 @@ impl Server {
             endpoint,
             cancel,
             fatal,
+            shared: shared_for_status,
             task: Some(task),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Something that can say, in a line, how the coordinator is doing.
+    pub fn status_source(&self) -> StatusSource {
+        StatusSource {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Resolves when the coordinator hit an error it cannot continue after; the caller
@@ -256,6 +298,95 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+    }
+}
+
+/// A cheap handle for status lines.
+#[derive(Debug, Clone)]
+pub struct StatusSource {
+    shared: Arc<Shared>,
+}
+
+impl StatusSource {
+    /// E.g. `3 agents connected, 2 jobs queued, 1 running`.
+    pub async fn status(&self) -> String {
+        let snap = self.shared.engine.snapshot().await;
+        let connected = self
+            .shared
+            .sessions
+            .lock()
+            .expect("sessions lock poisoned")
+            .len();
+        let running: u64 = snap
+            .jobs
+            .iter()
+            .filter(|((s, _), _)| s == "running" || s == "assigned")
+            .map(|(_, n)| n)
+            .sum();
+        format!(
+            "{connected} agents connected, {} jobs queued, {running} running",
+            snap.queued
+        )
+    }
+}
+
+/// Set the present-tense gauges from the scheduler, the registry of agents and the
+/// live sessions.
+async fn refresh_gauges(shared: &Arc<Shared>) {
+    use crate::metrics::{PlatformLabel, StatePlatform};
+    let m = &shared.metrics;
+    let snap = shared.engine.snapshot().await;
+    m.jobs.clear();
+    for ((state, platform), n) in &snap.jobs {
+        m.jobs
+            .get_or_create(&StatePlatform {
+                state: state.clone(),
+                platform: platform.clone(),
+            })
+            .set(*n as i64);
+    }
+    m.jobs_unplaceable.clear();
+    for (platform, n) in &snap.unplaceable {
+        m.jobs_unplaceable
+            .get_or_create(&PlatformLabel {
+                platform: platform.clone(),
+            })
+            .set(*n as i64);
+    }
+    let live: std::collections::HashMap<AgentId, (bool, u32, u32)> = snap
+        .agents
+        .iter()
+        .map(|a| (a.agent, (a.connected && a.schedulable, a.capacity, a.used)))
+        .collect();
+    let (mut total, mut used) = (0i64, 0i64);
+    for a in &snap.agents {
+        if a.connected {
+            total += i64::from(a.capacity);
+            used += i64::from(a.used);
+        }
+    }
+    m.slots_total.set(total);
+    m.slots_used.set(used);
+    m.agents.clear();
+    if let Ok(records) = shared.store.run(|s| s.agents()).await {
+        for r in records {
+            let connected = shared.connected(r.id);
+            let state = if !connected {
+                "offline".to_string()
+            } else if live.get(&r.id).is_some_and(|x| x.0) {
+                "ready".to_string()
+            } else {
+                r.state.name().to_string()
+            };
+            for p in &r.platforms {
+                m.agents
+                    .get_or_create(&StatePlatform {
+                        state: state.clone(),
+                        platform: p.to_string(),
+                    })
+                    .inc();
+            }
         }
     }
 }

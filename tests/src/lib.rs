@@ -328,6 +328,10 @@ impl Coordinator {
             (None, Some(_)) => "0.0.0.0:0".to_string(),
         };
         let mut args = s(&["serve", "--data-dir", path(&self.dir), "--listen", &listen]);
+        if !self.extra.iter().any(|a| a == "--metrics-listen") {
+            // Tests run many coordinators at once: never the fixed default port.
+            args.extend(s(&["--metrics-listen", "127.0.0.1:0"]));
+        }
         args.extend(self.extra.iter().cloned());
         let start_len = std::fs::metadata(&self.log)
             .map(|m| m.len() as usize)
@@ -348,6 +352,22 @@ impl Coordinator {
         });
         self.addr = Some(addr);
         self.proc = Some(proc);
+    }
+
+    /// The address of the metrics listener, from the log of the current process.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("metrics and health listening"))
+            .expect("metrics listener in the log");
+        let start = line.find("addr=").expect("addr field") + "addr=".len();
+        line[start..]
+            .split_whitespace()
+            .next()
+            .expect("address")
+            .to_string()
     }
 
     /// `kill -9` the process.

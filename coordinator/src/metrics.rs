@@ -1,0 +1,266 @@
+//! Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`) on
+//! a separate listener (loopback by default).
+//!
+//! Gauges that describe the present (jobs and agents by state, slots, unplaceable
+//! jobs) are computed from the scheduler at scrape time, so they can never drift from
+//! the truth; counters and histograms are observed as things happen.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatePlatform {
+    pub state: String,
+    pub platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlatformLabel {
+    pub platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultPlatform {
+    pub result: String,
+    pub platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultReason {
+    pub result: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+/// Seconds, from 10 ms to about 3 hours.
+#[derive(Clone, Debug)]
+pub struct SecondsBuckets;
+
+impl MetricConstructor<Histogram> for SecondsBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.01, 2.5, 15))
+    }
+}
+
+/// Every metric the coordinator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: std::sync::Mutex<Registry>,
+    pub jobs: Family<StatePlatform, Gauge>,
+    pub agents: Family<StatePlatform, Gauge>,
+    pub slots_total: Gauge,
+    pub slots_used: Gauge,
+    pub jobs_unplaceable: Family<PlatformLabel, Gauge>,
+    pub queue_wait: Histogram,
+    pub job_duration: Family<ResultPlatform, Histogram, SecondsBuckets>,
+    pub jobs_finished: Family<ResultReason, Counter>,
+    pub dispatch_latency: Histogram,
+    pub agent_reconnects: Counter,
+    pub enrollments: Family<ResultLabel, Counter>,
+    pub build_info: Family<VersionLabel, Gauge>,
+    /// Store open and QUIC bound (and, with an external store, reachable).
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: std::sync::Mutex::new(Registry::default()),
+            jobs: Family::default(),
+            agents: Family::default(),
+            slots_total: Gauge::default(),
+            slots_used: Gauge::default(),
+            jobs_unplaceable: Family::default(),
+            queue_wait: Histogram::new(exponential_buckets(0.001, 2.5, 18)),
+            job_duration: Family::new_with_constructor(SecondsBuckets),
+            jobs_finished: Family::default(),
+            dispatch_latency: Histogram::new(exponential_buckets(0.0001, 2.5, 14)),
+            agent_reconnects: Counter::default(),
+            enrollments: Family::default(),
+            build_info: Family::default(),
+            ready: AtomicBool::new(false),
+        };
+        {
+            let mut r = m.registry.lock().expect("registry lock");
+            r.register(
+                "helix_jobs",
+                "Jobs of active builds by state and platform",
+                m.jobs.clone(),
+            );
+            r.register("helix_agents", "Enrolled agents by state (ready, cordoned, draining, revoked, offline) and platform", m.agents.clone());
+            r.register(
+                "helix_slots_total",
+                "Build slots of connected agents",
+                m.slots_total.clone(),
+            );
+            r.register(
+                "helix_slots_used",
+                "Build slots holding a job",
+                m.slots_used.clone(),
+            );
+            r.register(
+                "helix_jobs_unplaceable",
+                "Queued jobs no connected agent can build",
+                m.jobs_unplaceable.clone(),
+            );
+            r.register(
+                "helix_job_queue_wait_seconds",
+                "Time a job waited in the queue before it was assigned",
+                m.queue_wait.clone(),
+            );
+            r.register(
+                "helix_job_duration_seconds",
+                "Time from submit to a job's end",
+                m.job_duration.clone(),
+            );
+            r.register(
+                "helix_jobs_finished",
+                "Jobs that ended, by result and reason",
+                m.jobs_finished.clone(),
+            );
+            r.register(
+                "helix_dispatch_latency_seconds",
+                "Time the coordinator took to commit and send an assignment",
+                m.dispatch_latency.clone(),
+            );
+            r.register(
+                "helix_agent_reconnects",
+                "Agent sessions after the first one of each agent",
+                m.agent_reconnects.clone(),
+            );
+            r.register(
+                "helix_enrollments",
+                "Join attempts by result",
+                m.enrollments.clone(),
+            );
+            r.register(
+                "helix_build_info",
+                "The coordinator's version",
+                m.build_info.clone(),
+            );
+        }
+        m.build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().expect("registry lock");
+        if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
+            warn!("cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Refreshes the present-tense gauges just before a scrape.
+pub(crate) type Refresh =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `cancel`.
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    refresh: Refresh,
+    cancel: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "metrics and health listening");
+    Ok(tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let (metrics, refresh) = (metrics.clone(), refresh.clone());
+                    conns.spawn(async move {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let service = hyper::service::service_fn(move |req| handle(req, metrics.clone(), refresh.clone()));
+                        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                    });
+                }
+            }
+        }
+        conns.abort_all();
+    }))
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    metrics: Arc<Metrics>,
+    refresh: Refresh,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        resp
+    };
+    let resp = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            refresh().await;
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.encode(),
+            )
+        }
+        (&hyper::Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&hyper::Method::GET, "/readyz") => {
+            if metrics.ready.load(Ordering::Relaxed) {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+    };
+    Ok(resp)
+}
