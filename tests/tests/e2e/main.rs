@@ -5,4 +5,5 @@ mod builds;
 mod cache;
 mod cluster;
 mod faults;
+mod metrics;
 mod raw;
