@@ -4,6 +4,7 @@
 mod builds;
 mod cache;
 mod cluster;
+mod contexts;
 mod faults;
 mod metrics;
 mod raw;
