@@ -64,7 +64,7 @@ pub(crate) struct RunArgs {
     /// A connection silent this long is dead (keep-alives go out at a third of it).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
-    /// The image builder (only buildah for now).
+    /// The image builder: buildah or podman.
     #[arg(long, default_value = "buildah", value_parser = parse_builder)]
     pub(crate) builder: BuilderKind,
     /// A registry to push to over plain HTTP, HOST:PORT as image references spell it
@@ -74,6 +74,10 @@ pub(crate) struct RunArgs {
     /// How long a cancelled build gets between SIGTERM and SIGKILL.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) cancel_grace: Duration,
+    /// On SIGTERM/SIGINT, how long running jobs may still finish before they are
+    /// cancelled and retried elsewhere (a second signal stops everything at once).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) drain_deadline: Duration,
 }
 
 fn parse_builder(s: &str) -> Result<BuilderKind, String> {
@@ -105,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn only_buildah_is_accepted_as_builder() {
+    fn buildah_and_podman_are_accepted_as_builders() {
         use clap::Parser as _;
         let parse = |builder: &str| {
             Cli::try_parse_from(["helix-agent", "run", "--builder", builder])
@@ -116,9 +120,10 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         assert_eq!(parse("buildah"), Ok(BuilderKind::Buildah));
-        let err = parse("podman").expect_err("not yet");
+        assert_eq!(parse("podman"), Ok(BuilderKind::Podman));
+        let err = parse("buildx").expect_err("not yet");
         assert!(
-            err.contains("the podman builder is not supported yet"),
+            err.contains("the buildx builder is not supported yet"),
             "{err}"
         );
         let err = parse("kaniko").expect_err("unknown");
@@ -141,6 +146,14 @@ mod tests {
             ["127.0.0.1:5000", "registry.lan:5000"]
         );
         assert_eq!(args.cancel_grace, Duration::from_secs(10));
+        assert_eq!(args.drain_deadline, Duration::from_secs(600));
+        let cli =
+            Cli::try_parse_from(["helix-agent", "run", "--drain-deadline", "30s"]).expect("parse");
+        let Command::Run(args) = cli.command else {
+            unreachable!("run")
+        };
+        assert_eq!(args.drain_deadline, Duration::from_secs(30));
+        assert!(Cli::try_parse_from(["helix-agent", "run", "--drain-deadline", "soon"]).is_err());
     }
 
     #[test]

@@ -94,9 +94,11 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         builder: args.builder,
         insecure_registries: args.insecure_registries,
         cancel_grace: args.cancel_grace,
+        drain_deadline: args.drain_deadline,
     };
 
-    // SIGTERM and SIGINT ask the agent to leave cleanly; a second one exits at once.
+    // SIGTERM and SIGINT drain the agent (running jobs finish, up to the drain
+    // deadline); a second one kills the builds and exits at once.
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let shutdown = CancellationToken::new();
@@ -125,7 +127,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             helix_agent::builder::process::kill_all_groups();
             return Ok(ExitCode::SUCCESS);
         }
-        info!("signal received: shutting down");
+        info!("signal received: draining (send it again to stop at once)");
         shutdown.cancel();
     }
 }

@@ -7,11 +7,13 @@
 //!   ca.pem              the cluster CA certificate, pinned by the join token
 //!   agent.json          agent id, cluster, coordinator address, name
 //!   work/         0700  one private dir per job attempt, `<job>-<attempt>/`: the
-//!                       source (`src/`), the built image (`layout/`) and the job's
-//!                       `output.log` (kept until the coordinator has the result)
+//!                       source (`src/`; for an uploaded context, downloaded first
+//!                       to `context.tar`), the built image (`layout/`) and the
+//!                       job's `output.log` (kept until the coordinator has the result)
 //!   results/      0700  `<job>-<attempt>.json`: finished results not acknowledged yet
-//!   storage/      0700  buildah's image storage, this agent's alone (`root/`,
-//!                       `runroot/`)
+//!   storage/      0700  the builder's image storage, this agent's alone: buildah's in
+//!                       `root/` and `runroot/`; podman's one per platform, in
+//!                       `podman/<os>-<arch>[-<variant>]/{root,runroot,tmp}/`
 //!   run.lock            locked while `helix-agent run` uses the directory
 //! ```
 

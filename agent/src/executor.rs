@@ -2,26 +2,33 @@
 //!
 //! In a private work dir `DATA/work/<job>-<attempt>/` (0700):
 //!
-//! 1. fetch the pinned commit into `src/` (`git init`, `git remote add origin REPO`,
-//!    `git fetch --depth 1 origin COMMIT`, `git checkout -q FETCH_HEAD`);
+//! 1. fetch the source into `src/`: the pinned commit (`git init`, `git remote add
+//!    origin REPO`, `git fetch --depth 1 origin COMMIT`, `git checkout -q FETCH_HEAD`),
+//!    or the uploaded build context by digest (downloaded through the
+//!    [`ContextFetcher`] into `context.tar`, verified against its sha256, unpacked
+//!    with `helix_context::unpack`, which refuses entries that would escape `src/`);
 //! 2. build it for the job's platform with the [`Builder`] into `layout/`;
 //! 3. push the layout's image by digest to the destination repository;
-//! 4. clean up, whatever happened: the local image, `src/` and `layout/`. The job's
+//! 4. clean up, whatever happened: the local image, `src/`, `context.tar` and
+//!    `layout/`. The job's
 //!    `output.log` stays until the coordinator acknowledges the result (it may still
 //!    have to be sent after a reconnect); [`crate::jobs`] removes it then.
 //!
 //! Every step's output goes to the job's log. Failures are sorted for the scheduler
 //! ([`FailureKind`]): what the same inputs would hit again is `Build` (the Dockerfile
 //! failed, the registry refused the push); what another attempt may not hit is
-//! `Infrastructure` (the source could not be fetched, a builder was killed by a signal
-//! the agent did not send, the registry was unreachable).
+//! `Infrastructure` (the source could not be fetched, a context arrived damaged, a
+//! builder was killed by a signal the agent did not send, the registry was
+//! unreachable). A context archive the unpacker refuses is `Build`: it would be
+//! refused anywhere.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use helix_context::ContextError;
 use helix_protocol::wire::{Assignment, JobOutcome, PinnedSource};
-use helix_protocol::{FailureKind, ImageRef, ImageResult, JobFailure};
+use helix_protocol::{Digest, FailureKind, ImageRef, ImageResult, JobFailure};
 use helix_registry::{Registry, RegistryError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -30,11 +37,18 @@ use crate::builder::{
     BoxFuture, BuildError, BuildRequest, BuildStep, Builder, CaptureSink, CommandRunner,
     CommandSpec, ExitStatus,
 };
+use crate::context::{self, Cancellable, ContextFetcher, MAX_CONTEXT_BYTES, UNPACK_LIMITS};
 use crate::joblog::JobLog;
 use crate::results::{key_name, JobKey};
 
 /// The work dir's file holding the job's output.
 pub const LOG_FILE: &str = "output.log";
+
+/// The work dir's file a build context is downloaded to (removed once unpacked).
+pub const CONTEXT_FILE: &str = "context.tar";
+
+/// What a job leaves in its work dir besides its log, removed when it ends.
+pub const SCRATCH: [&str; 3] = ["src", CONTEXT_FILE, "layout"];
 
 /// Pushes a built image; the registry client in production, a fake in tests.
 pub trait ImagePusher: Send + Sync + fmt::Debug {
@@ -120,6 +134,7 @@ pub struct Executor {
     runner: Arc<dyn CommandRunner>,
     builder: Arc<dyn Builder>,
     pusher: Arc<dyn ImagePusher>,
+    contexts: Arc<dyn ContextFetcher>,
 }
 
 impl Executor {
@@ -128,12 +143,14 @@ impl Executor {
         runner: Arc<dyn CommandRunner>,
         builder: Arc<dyn Builder>,
         pusher: Arc<dyn ImagePusher>,
+        contexts: Arc<dyn ContextFetcher>,
     ) -> Executor {
         Executor {
             work_root,
             runner,
             builder,
             pusher,
+            contexts,
         }
     }
 
@@ -187,11 +204,9 @@ impl Executor {
         // Clean up whatever happened. The rmi output would only confuse a reader of
         // a failed build's log ("image not known"), so it stays out of it.
         self.builder
-            .remove_image(&image, &CaptureSink::default())
+            .remove_image(&image, &a.platform, &CaptureSink::default())
             .await;
-        for sub in ["src", "layout"] {
-            remove_dir(&dir.join(sub)).await;
-        }
+        remove_scratch(&dir).await;
 
         match result {
             Ok(pushed) => {
@@ -221,22 +236,16 @@ impl Executor {
         cancel: &CancellationToken,
     ) -> Result<ImageResult, Stop> {
         let src = dir.join("src");
-        let (repo, commit) = match &a.source {
-            PinnedSource::Git { repo, commit } => (repo, commit),
-            PinnedSource::Context { digest } => {
-                return Err(failure(
-                    FailureKind::Build,
-                    format!(
-                        "building from an uploaded context ({digest}) is not supported by this \
-                         agent yet; submit the build from a git repository (--repo/--ref)"
-                    ),
-                    None,
-                ));
-            }
-        };
         let dockerfile = dockerfile_in(&src, &a.dockerfile)
             .map_err(|reason| failure(FailureKind::Build, reason, None))?;
-        self.fetch(repo, commit, &src, log, cancel).await?;
+        match &a.source {
+            PinnedSource::Git { repo, commit } => {
+                self.fetch(repo, commit, &src, log, cancel).await?;
+            }
+            PinnedSource::Context { digest } => {
+                self.fetch_context(digest, dir, &src, log, cancel).await?;
+            }
+        }
 
         let layout_dir = dir.join("layout");
         let req = BuildRequest {
@@ -350,6 +359,104 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// The build context `digest` into `src`: download it into `dir/context.tar`
+    /// (verified against the digest), unpack it, remove the archive. A context that
+    /// did not arrive whole and right is the transfer's failure (`Infrastructure`,
+    /// another attempt may do better); an archive the unpacker refuses is the
+    /// context's (`Build`).
+    async fn fetch_context(
+        &self,
+        digest: &Digest,
+        dir: &Path,
+        src: &Path,
+        log: &JobLog,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let infra = |message: String| failure(FailureKind::Infrastructure, message, None);
+        let fetched = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Stop::Cancelled),
+            fetched = self.contexts.fetch(digest) => fetched,
+        };
+        let mut download = fetched.map_err(|e| infra(e.to_string()))?;
+        let size = download.size;
+        log.line(&format!(
+            "==> fetching build context {digest} ({size} bytes)"
+        ))
+        .await;
+        if size > MAX_CONTEXT_BYTES {
+            return Err(failure(
+                FailureKind::Build,
+                format!(
+                    "the build context is {size} bytes, more than the {MAX_CONTEXT_BYTES} \
+                     bytes an agent accepts; make it smaller with .dockerignore"
+                ),
+                None,
+            ));
+        }
+        let archive = dir.join(CONTEXT_FILE);
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Stop::Cancelled),
+            done = context::download(download.body.as_mut(), size, digest, &archive) => {
+                done.map_err(|e| infra(e.to_string()))?;
+            }
+        }
+        drop(download);
+
+        let unpacked = {
+            let (archive, src) = (archive.clone(), src.to_path_buf());
+            let cancel = cancel.clone();
+            // Not abandoned on cancel: the reader fails once the token fires, and the
+            // unpacker then removes what it wrote before returning.
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&archive).map_err(|source| ContextError::Io {
+                    action: "open",
+                    path: archive.clone(),
+                    source,
+                })?;
+                let reader = Cancellable {
+                    inner: std::io::BufReader::with_capacity(256 * 1024, file),
+                    cancel,
+                };
+                helix_context::unpack(reader, &src, UNPACK_LIMITS)
+            })
+            .await
+        };
+        let _ = tokio::fs::remove_file(&archive).await;
+        if cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let unpacked = match unpacked {
+            Ok(Ok(unpacked)) => unpacked,
+            Ok(Err(e)) => {
+                let kind = match e {
+                    ContextError::Io { .. } | ContextError::DestinationNotEmpty { .. } => {
+                        FailureKind::Infrastructure
+                    }
+                    _ => FailureKind::Build,
+                };
+                return Err(failure(kind, e.to_string(), None));
+            }
+            Err(e) => {
+                return Err(infra(format!(
+                    "unpacking the build context did not finish: {e}"
+                )))
+            }
+        };
+        log.line(&format!(
+            "==> unpacked {}, {} and {} ({} bytes)",
+            plural(unpacked.files, "file", "files"),
+            plural(unpacked.dirs, "directory", "directories"),
+            plural(unpacked.symlinks, "link", "links"),
+            unpacked.bytes
+        ))
+        .await;
+        Ok(())
+    }
+}
+
 /// Sorts a builder's failure. A non-zero exit of the build step is the build's own
 /// failure; a signal we did not send (the OOM killer, an operator) or a failure to
 /// write the image locally is the host's.
@@ -390,6 +497,11 @@ fn with_tail(head: String, tail: &str) -> String {
     } else {
         format!("{head}; last lines of output:\n{tail}")
     }
+}
+
+/// `1 file`, `2 files`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn first_line(text: &str) -> &str {
@@ -443,6 +555,22 @@ async fn prepare_work_dir(root: &Path, dir: &Path) -> std::io::Result<()> {
         tokio::fs::remove_dir_all(dir).await?;
     }
     tokio::fs::DirBuilder::new().mode(0o700).create(dir).await
+}
+
+/// Removes what a job leaves in its work dir `dir` besides its log ([`SCRATCH`]).
+pub(crate) async fn remove_scratch(dir: &Path) {
+    for name in SCRATCH {
+        let path = dir.join(name);
+        match tokio::fs::symlink_metadata(&path).await {
+            Ok(meta) if meta.is_dir() => remove_dir(&path).await,
+            Ok(_) => {
+                if let Err(e) = tokio::fs::remove_file(&path).await {
+                    warn!(path = %path.display(), "cannot remove: {e}");
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Removes `dir` and everything in it; a missing dir is fine.

@@ -8,6 +8,12 @@
 //! `Hello` and send the results again. What happens to a job reaches the session as a
 //! [`Notice`] on a channel that outlives sessions: nothing is lost between two
 //! connections.
+//!
+//! Draining (the agent got SIGTERM): [`Jobs::drain`] refuses new assignments (they go
+//! back to the coordinator as infrastructure failures, so they are requeued), lets
+//! the running jobs finish until the deadline, then cancels the rest, which report an
+//! infrastructure failure too; [`Jobs::wait_acked`] then waits (bounded) until the
+//! coordinator recorded every result.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,12 +21,13 @@ use std::time::Duration;
 
 use helix_protocol::wire::{Assignment, HeldJob, JobOutcome};
 use helix_protocol::{FailureKind, JobFailure, Platform};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use crate::executor::{remove_dir, Ended, Executor};
+use crate::executor::{remove_dir, Ended, Executor, SCRATCH};
 use crate::joblog::JobLog;
 use crate::results::{parse_key_name, JobKey, ResultStore};
 
@@ -35,6 +42,8 @@ pub enum Notice {
     Started(JobKey),
     /// The result is held; read it with [`Jobs::outcome`].
     Finished(JobKey),
+    /// The agent started draining: tell the coordinator ([`Jobs::drain_remaining`]).
+    Draining,
 }
 
 /// What to answer an `Assign`.
@@ -76,6 +85,8 @@ struct Finished {
 struct State {
     running: BTreeMap<JobKey, Running>,
     finished: BTreeMap<JobKey, Finished>,
+    /// Draining until this deadline: no new jobs; the running ones may finish.
+    draining: Option<Instant>,
     /// Shutting down: no new jobs.
     closing: bool,
 }
@@ -89,7 +100,15 @@ struct Inner {
     state: Mutex<State>,
     tracker: TaskTracker,
     notices: mpsc::UnboundedSender<Notice>,
+    /// Bumped whenever a job ends or a result is acknowledged, for waiters.
+    changed: watch::Sender<()>,
     delivery_wait: Duration,
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("jobs lock poisoned")
+    }
 }
 
 /// The agent's jobs. Cheap to clone; clones share the set.
@@ -117,6 +136,7 @@ impl Jobs {
                 state: Mutex::new(State::default()),
                 tracker: TaskTracker::new(),
                 notices: tx,
+                changed: watch::Sender::new(()),
                 delivery_wait: LOG_DELIVERY_WAIT,
             }),
         };
@@ -133,7 +153,22 @@ impl Jobs {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().expect("jobs lock poisoned")
+        self.inner.state()
+    }
+
+    /// Resolves once `done` holds for the state (checked again at every job end and
+    /// acknowledgement).
+    async fn wait_until(&self, done: impl Fn(&State) -> bool) {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            if done(&self.state()) {
+                return;
+            }
+            // The sender lives in `self`, so the channel cannot close under us.
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// At start-up, before any job runs: load the results an earlier run left, and
@@ -176,11 +211,17 @@ impl Jobs {
                 .and_then(parse_key_name)
                 .is_some_and(|key| results.iter().any(|(k, _)| *k == key));
             let removed = if held {
-                ["src", "layout"]
+                SCRATCH
                     .iter()
                     .map(|sub| path.join(sub))
-                    .filter(|p| p.exists())
-                    .try_for_each(std::fs::remove_dir_all)
+                    .filter(|p| p.symlink_metadata().is_ok())
+                    .try_for_each(|p| {
+                        if p.is_dir() {
+                            std::fs::remove_dir_all(p)
+                        } else {
+                            std::fs::remove_file(p)
+                        }
+                    })
             } else {
                 info!(dir = %path.display(), "removing the work dir of a job that was running when the agent stopped");
                 if path.is_dir() {
@@ -270,6 +311,9 @@ impl Jobs {
         if state.closing {
             return refuse("the agent is shutting down".into());
         }
+        if state.draining.is_some() {
+            return refuse("the agent is draining".into());
+        }
         if !self
             .inner
             .platforms
@@ -337,6 +381,7 @@ impl Jobs {
         if self.state().finished.remove(key).is_none() {
             return false;
         }
+        self.inner.changed.send_modify(|()| {});
         let results = self.inner.results.clone();
         let dir = self.inner.executor.work_dir(key);
         let key = *key;
@@ -348,6 +393,59 @@ impl Jobs {
             remove_dir(&dir).await;
         });
         true
+    }
+
+    /// Start draining, with `deadline` for the running jobs: refuse new ones from now
+    /// on, and have the session tell the coordinator ([`Notice::Draining`]). Returns
+    /// how many jobs run. A second call changes nothing.
+    pub fn start_draining(&self, deadline: Duration) -> usize {
+        let mut state = self.state();
+        if state.draining.is_none() {
+            state.draining = Some(Instant::now() + deadline);
+            let _ = self.inner.notices.send(Notice::Draining);
+        }
+        state.running.len()
+    }
+
+    /// While draining, how long the running jobs have left.
+    pub fn drain_remaining(&self) -> Option<Duration> {
+        self.state()
+            .draining
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Drain: [`Jobs::start_draining`], let the running jobs finish for at most
+    /// `deadline`, then cancel the ones still running (they report an infrastructure
+    /// failure, so they are requeued) and wait until every job task has ended.
+    /// Returns how many jobs the deadline cut short.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        self.start_draining(deadline);
+        let until = self.state().draining.unwrap_or_else(Instant::now);
+        let in_time = tokio::time::timeout_at(until, self.wait_until(|s| s.running.is_empty()))
+            .await
+            .is_ok();
+        let late = if in_time { 0 } else { self.running() };
+        if late > 0 {
+            warn!(
+                jobs = late,
+                "draining: the deadline passed; cancelling the jobs still running (they are retried elsewhere)"
+            );
+        }
+        self.shutdown().await;
+        late
+    }
+
+    /// Waits at most `max` until the coordinator acknowledged every result held;
+    /// `false` if some are still held (they stay on disk for the next run).
+    pub async fn wait_acked(&self, max: Duration) -> bool {
+        tokio::time::timeout(max, self.wait_until(|s| s.finished.is_empty()))
+            .await
+            .is_ok()
+    }
+
+    /// Results held and not acknowledged.
+    pub fn unacked_count(&self) -> usize {
+        self.state().finished.len()
     }
 
     /// Stop taking jobs, cancel the running ones (they report an infrastructure
@@ -383,13 +481,7 @@ async fn run_job(inner: Arc<Inner>, a: Assignment, log: Arc<JobLog>, cancel: Can
     let outcome = match ended {
         Ended::Outcome(outcome) => outcome,
         Ended::Cancelled => {
-            let why = inner
-                .state
-                .lock()
-                .expect("jobs lock poisoned")
-                .running
-                .get(&key)
-                .and_then(|r| r.why);
+            let why = inner.state().running.get(&key).and_then(|r| r.why);
             match why {
                 Some(CancelReason::Shutdown) => JobOutcome::Failed(JobFailure {
                     kind: FailureKind::Infrastructure,
@@ -416,7 +508,7 @@ async fn run_job(inner: Arc<Inner>, a: Assignment, log: Arc<JobLog>, cancel: Can
     // Let the log reach the coordinator before the result does.
     let _ = tokio::time::timeout(inner.delivery_wait, log.delivered()).await;
     {
-        let mut state = inner.state.lock().expect("jobs lock poisoned");
+        let mut state = inner.state();
         state.running.remove(&key);
         state.finished.insert(
             key,
@@ -427,6 +519,7 @@ async fn run_job(inner: Arc<Inner>, a: Assignment, log: Arc<JobLog>, cancel: Can
         );
     }
     let _ = inner.notices.send(Notice::Finished(key));
+    inner.changed.send_modify(|()| {});
 }
 
 #[cfg(test)]

@@ -1,33 +1,45 @@
 //! The Helix build agent: enrols once with a join token, then holds a long-lived
 //! mutual-TLS QUIC session with the coordinator, renewing its certificate as it goes,
-//! and runs the builds it is assigned: fetch the pinned commit, build it with buildah
-//! into an OCI layout, push that by digest, report the digest.
+//! and runs the builds it is assigned: fetch the pinned commit or the uploaded build
+//! context, build it with buildah or podman into an OCI layout, push that by digest,
+//! report the digest. SIGTERM drains it: running jobs finish (up to a deadline), new
+//! ones go elsewhere.
 //!
 //! Reading order:
 //! - [`datadir`]: [`DataDir`], the files an agent keeps, and [`Enrollment`] (`agent.json`).
 //! - [`identity`]: [`AgentIdentity`], the certificate and key in one 0600 file, and
 //!   [`CertInfo`], what the agent reads from its certificate.
 //! - [`host`]: the host's name and the platforms it builds natively.
-//! - [`join`]: [`join()`], enrolment with a token that pins the cluster CA.
+//! - [`join`](mod@join): [`join()`], enrolment with a token that pins the cluster CA.
 //! - [`backoff`]: [`Backoff`], reconnect delays with jitter.
 //! - [`renewal`]: when to renew ([`renewal_deadline`]) and [`PendingRenewal`], checking
 //!   the renewed certificate.
 //! - [`builder`]: the [`Builder`] trait and the [`CommandRunner`] seam under it
 //!   ([`ProcessRunner`]: own process group, SIGTERM then SIGKILL on cancel);
-//!   [`builder::buildah`]: [`Buildah`], the backend.
+//!   [`builder::backend`]: [`builder::Backend`], the one implementation for
+//!   command-line tools, with their command lines in [`builder::buildah`]
+//!   ([`Buildah`], the default) and [`builder::podman`] ([`Podman`], a storage per
+//!   platform).
+//! - [`context`]: build contexts by digest: the [`context::ContextFetcher`] a job
+//!   downloads them through ([`context::CurrentConnection`], the live connection),
+//!   and [`context::download`], which verifies them against their sha256.
 //! - [`joblog`]: [`JobLog`], a job's `output.log`, and [`joblog::ship`], which sends it
 //!   to the coordinator as offset-tagged chunks.
-//! - [`executor`]: [`Executor`], one assignment from source to pushed image, and how
-//!   its failures are classified.
+//! - [`executor`]: [`Executor`], one assignment from source (git commit or build
+//!   context) to pushed image, and how its failures are classified.
 //! - [`results`]: [`ResultStore`], finished results kept on disk until acknowledged.
-//! - [`jobs`]: [`Jobs`], the running jobs and held results, outliving connections.
-//! - [`run`]: [`run()`], start-up checks, then the connection lifecycle loop (connect
-//!   → handshake → session → back off → again), shutdown, and [`RunError`].
-//! - [`session`] (private): one connection: `Hello` with the held jobs, the control
-//!   stream (assign, cancel, ack, reports), log streams, renewal, `GoingAway`.
+//! - [`jobs`]: [`Jobs`], the running jobs and held results, outliving connections;
+//!   admission, cancel, and the drain.
+//! - [`run`](mod@run): [`run()`], start-up checks, then the connection lifecycle loop (connect
+//!   → handshake → session → back off → again), the drain on shutdown, and
+//!   [`RunError`].
+//! - `session` (private): one connection: `Hello` with the held jobs, the control
+//!   stream (assign, cancel, ack, reports, `Draining`), log streams, renewal,
+//!   `GoingAway`.
 
 pub mod backoff;
 pub mod builder;
+pub mod context;
 pub mod datadir;
 pub mod executor;
 pub mod host;
@@ -41,7 +53,7 @@ pub mod run;
 mod session;
 
 pub use backoff::Backoff;
-pub use builder::{Buildah, Builder, BuilderKind, CommandRunner, ProcessRunner};
+pub use builder::{Buildah, Builder, BuilderKind, CommandRunner, Podman, ProcessRunner};
 pub use datadir::{DataDir, DataDirError, Enrollment};
 pub use executor::Executor;
 pub use identity::{AgentIdentity, CertInfo, IdentityError};

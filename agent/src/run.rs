@@ -1,11 +1,19 @@
-//! `helix-agent run`: start-up checks (enrolment, buildah), the job set, then the
+//! `helix-agent run`: start-up checks (enrolment, the builder), the job set, then the
 //! connection lifecycle as a loop of plain async functions, connect → handshake →
 //! session → back off with jitter → again, until a shutdown is requested or the
 //! coordinator says retrying cannot help.
 //!
-//! Shutdown order: cancel the running jobs and wait for them (their builders must not
-//! outlive the agent), report their results on the session that is still up, then say
-//! `GoingAway` and close.
+//! Shutdown is a drain (SIGTERM, SIGINT), in this order, while the sessions go on (a
+//! lost connection is re-established meanwhile):
+//! 1. refuse new assignments and tell the coordinator `Draining { deadline_secs }`;
+//! 2. let the running jobs finish, for at most the drain deadline; then cancel the
+//!    rest and wait for them (their builders must not outlive the agent); they report
+//!    an infrastructure failure, so the coordinator runs them elsewhere;
+//! 3. report the results and wait (bounded, [`ACK_WAIT`]) until the coordinator
+//!    acknowledged them; what it did not acknowledge stays on disk for the next run;
+//! 4. say `GoingAway` and close.
+//!
+//! A second signal makes the binary kill every builder and exit at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::backoff::Backoff;
-use crate::builder::buildah::{self, BuildahUnavailable};
-use crate::builder::{process, Buildah, Builder, BuilderKind, ProcessRunner};
+use crate::builder::{self, process, BuilderKind, BuilderUnavailable, ProcessRunner};
+use crate::context::CurrentConnection;
 use crate::datadir::{DataDir, DataDirError};
 use crate::executor::Executor;
 use crate::identity::{AgentIdentity, IdentityError};
@@ -53,7 +61,14 @@ pub struct RunOptions {
     pub insecure_registries: Vec<String>,
     /// How long a cancelled build has between SIGTERM and SIGKILL.
     pub cancel_grace: Duration,
+    /// How long running jobs may go on once a drain started (SIGTERM); the ones still
+    /// running then are cancelled and retried elsewhere.
+    pub drain_deadline: Duration,
 }
+
+/// How long a drained agent waits for the coordinator to acknowledge its results
+/// before it leaves anyway (they stay on disk and go out on the next run).
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Why `run` stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +95,7 @@ pub enum RunError {
     Tls(#[source] TlsError),
     /// The image builder is missing or broken on this host.
     #[error(transparent)]
-    Builder(#[from] BuildahUnavailable),
+    Builder(#[from] BuilderUnavailable),
     /// The data directory's job areas could not be set up.
     #[error("cannot prepare {path}: {reason}")]
     Setup { path: String, reason: String },
@@ -117,7 +132,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
     }
     let keep_alive = keep_alive_for(opts.idle_timeout)?;
     // `_lock` keeps the data dir locked until `run` returns.
-    let (jobs, mut notices, _lock) = setup_jobs(&opts).await?;
+    let connection = CurrentConnection::default();
+    let (jobs, mut notices, _lock) = setup_jobs(&opts, &connection).await?;
     let coordinator = opts
         .coordinator
         .clone()
@@ -139,6 +155,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         keep_alive,
         hello: &hello,
         jobs: &jobs,
+        connection: &connection,
     };
     let platforms: Vec<String> = opts.platforms.iter().map(ToString::to_string).collect();
     let span = tracing::info_span!("agent", agent = %identity.info().agent_id);
@@ -148,23 +165,33 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         cluster = %identity.info().cluster,
         platforms = %platforms.join(","),
         capacity = opts.capacity,
+        builder = opts.builder.name(),
         certificate_valid_until = %rfc3339(identity.info().not_after),
         "helix-agent {} starting; coordinator {coordinator}",
         env!("CARGO_PKG_VERSION"),
     );
-    serve_until_shutdown(&config, &opts.data_dir, &jobs, &mut notices, &shutdown)
-        .instrument(span)
-        .await
+    serve_until_shutdown(
+        &config,
+        &opts.data_dir,
+        &jobs,
+        &mut notices,
+        &shutdown,
+        opts.drain_deadline,
+    )
+    .instrument(span)
+    .await
 }
 
-/// Runs the connection lifecycle until `shutdown`; then stops the jobs while the
-/// session still runs (so their results are reported), and only then the session.
+/// Runs the connection lifecycle until `shutdown`; then drains the jobs while the
+/// sessions still run (so their results are reported), and only then stops the
+/// sessions.
 async fn serve_until_shutdown(
     config: &SessionConfig<'_>,
     dir: &DataDir,
     jobs: &Jobs,
     notices: &mut mpsc::UnboundedReceiver<Notice>,
     shutdown: &CancellationToken,
+    drain_deadline: Duration,
 ) -> Result<(), RunError> {
     let stop_sessions = CancellationToken::new();
     let life = lifecycle(config, dir, &stop_sessions, notices);
@@ -178,19 +205,52 @@ async fn serve_until_shutdown(
         jobs.shutdown().await;
         return result;
     }
-    let running = jobs.running();
-    if running > 0 {
-        info!(
-            jobs = running,
-            "shutting down: cancelling the running jobs first"
-        );
-    }
     let stopping = async {
-        jobs.shutdown().await;
+        drain(jobs, drain_deadline).await;
         stop_sessions.cancel();
     };
-    let (result, ()) = tokio::join!(&mut life, stopping);
+    tokio::pin!(stopping);
+    let mut drained = false;
+    let result = loop {
+        tokio::select! {
+            result = &mut life => break result,
+            () = &mut stopping, if !drained => drained = true,
+        }
+    };
+    if !drained {
+        // The coordinator refused the agent for good while it drained: nobody will
+        // take the results, so stop the builders now.
+        jobs.shutdown().await;
+    }
     result
+}
+
+/// Steps 1 to 3 of the shutdown order (see the module docs).
+async fn drain(jobs: &Jobs, deadline: Duration) {
+    let running = jobs.start_draining(deadline);
+    info!(
+        "draining: {running} job{} running, deadline {}",
+        if running == 1 { "" } else { "s" },
+        humantime::format_duration(deadline)
+    );
+    let late = jobs.drain(deadline).await;
+    if running > 0 && late == 0 {
+        info!("draining: every running job finished");
+    }
+    let held = jobs.unacked_count();
+    if held > 0 {
+        info!(
+            results = held,
+            "draining: waiting for the coordinator to record the results"
+        );
+        if !jobs.wait_acked(ACK_WAIT).await {
+            warn!(
+                results = jobs.unacked_count(),
+                "the coordinator did not acknowledge every result within {}s; they are kept and reported on the next run",
+                ACK_WAIT.as_secs()
+            );
+        }
+    }
 }
 
 /// Locks the data dir, checks the builder, stops builds a killed agent left, prepares
@@ -198,18 +258,20 @@ async fn serve_until_shutdown(
 /// job set.
 async fn setup_jobs(
     opts: &RunOptions,
+    connection: &CurrentConnection,
 ) -> Result<(Jobs, mpsc::UnboundedReceiver<Notice>, std::fs::File), RunError> {
     let dir = &opts.data_dir;
-    // buildah names the layout `oci:DIR:NAME`: a ':' in DIR would cut it short.
+    let kind = opts.builder;
+    // The builders name the layout `oci:DIR:NAME`: a ':' in DIR would cut it short.
     if dir.root().to_string_lossy().contains(':') {
         return Err(RunError::InvalidOption(format!(
-            "the data directory {} contains ':', which buildah cannot use in a path; choose another --data-dir",
-            dir.root().display()
+            "the data directory {} contains ':', which {} cannot use in a path; choose another --data-dir",
+            dir.root().display(),
+            kind.name()
         )));
     }
     let lock = lock_data_dir(dir)?;
-    let BuilderKind::Buildah = opts.builder;
-    let version = buildah::check_installed().await?;
+    let version = builder::check_installed(kind.name()).await?;
     info!("builder: {version}");
     for path in [dir.work(), dir.results(), dir.storage()] {
         create_private_dir(&path).map_err(|e| RunError::Setup {
@@ -226,9 +288,15 @@ async fn setup_jobs(
     // over the storage and the work dirs.
     process::stop_leftover_groups(&dir.storage(), &dir.work(), opts.cancel_grace).await;
     let runner = Arc::new(ProcessRunner::new(opts.cancel_grace));
-    let builder = Arc::new(Buildah::new(&dir.storage(), runner.clone()));
+    let builder = kind.backend(&dir.storage(), runner.clone());
     builder.prune().await;
-    let executor = Executor::new(dir.work(), runner, builder, Arc::new(registry));
+    let executor = Executor::new(
+        dir.work(),
+        runner,
+        builder,
+        Arc::new(registry),
+        Arc::new(connection.clone()),
+    );
     let (jobs, notices) = Jobs::new(
         executor,
         ResultStore::new(dir.results()),

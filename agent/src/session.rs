@@ -4,7 +4,10 @@
 //! jobs do, ship each job's log on its own stream, renew the certificate when due.
 //!
 //! The jobs themselves belong to [`Jobs`], not to the session: they keep running
-//! while the agent reconnects, and the next session reports them.
+//! while the agent reconnects, and the next session reports them. While a session is
+//! up its connection is in the [`CurrentConnection`] slot, where jobs open their build
+//! context downloads. A draining agent says `Draining` on every session, right after
+//! `Welcome` (or as soon as the drain starts).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::context::CurrentConnection;
 use crate::identity::AgentIdentity;
 use crate::joblog::{ship_over, JobLog};
 use crate::jobs::{AssignReply, Jobs, Notice};
@@ -54,6 +58,8 @@ pub(crate) struct SessionConfig<'a> {
     /// `Hello` without its `held` list, which is filled in at each connect.
     pub(crate) hello: &'a AgentToCoordinator,
     pub(crate) jobs: &'a Jobs,
+    /// Where the live connection is published for the jobs' context downloads.
+    pub(crate) connection: &'a CurrentConnection,
 }
 
 impl SessionConfig<'_> {
@@ -141,12 +147,15 @@ pub(crate) async fn connect_and_serve(
                 deadline: OffsetDateTime::now_utc(),
                 shippers: JoinSet::new(),
                 reported: HashSet::new(),
+                drain_sent: false,
             };
             session.schedule_renewal();
+            config.connection.set(Some(conn.clone()));
             let served = match session.resume().await {
                 Ok(()) => session.serve(recv, shutdown, notices).await,
                 Err(e) => ended(&conn, addr, &e),
             };
+            config.connection.set(None);
             match served {
                 SessionEnd::Lost { reason, .. } => SessionEnd::Lost {
                     reason,
@@ -315,12 +324,15 @@ struct Session<'a> {
     shippers: JoinSet<()>,
     /// Results sent as `Finished` on this connection (not sent twice by it).
     reported: HashSet<JobKey>,
+    /// `Draining` was sent on this connection.
+    drain_sent: bool,
 }
 
 impl Session<'_> {
     /// Right after `Welcome`: send the unacknowledged results again and (re)start the
     /// log streams of the jobs held.
     async fn resume(&mut self) -> Result<(), StreamError> {
+        self.send_draining().await?;
         for (key, log) in self.config.jobs.logs_to_send() {
             self.ship(key, log);
         }
@@ -399,7 +411,32 @@ impl Session<'_> {
                     }
                 }
             }
+            Notice::Draining => self.send_draining().await?,
         }
+        Ok(())
+    }
+
+    /// If the agent drains, say so once on this connection, with the time its running
+    /// jobs have left, so the coordinator gives it no new work.
+    async fn send_draining(&mut self) -> Result<(), StreamError> {
+        if self.drain_sent {
+            return Ok(());
+        }
+        let Some(left) = self.config.jobs.drain_remaining() else {
+            return Ok(());
+        };
+        // Whole seconds, rounded up: never promise less time than there is.
+        let deadline_secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        framed::write_frame(
+            &mut self.send,
+            &AgentToCoordinator::Draining { deadline_secs },
+        )
+        .await?;
+        self.drain_sent = true;
+        info!(
+            deadline_secs,
+            "told the coordinator that this agent is draining"
+        );
         Ok(())
     }
 
@@ -463,6 +500,8 @@ impl Session<'_> {
                 self.send_finished(key, outcome).await?;
             }
             AssignReply::Refused(failure) => {
+                // Draining: the coordinator may have sent it before it read `Draining`.
+                self.send_draining().await?;
                 warn!(job = %key.0, attempt = key.1, "refused a job: {}", failure.message);
                 let msg = AgentToCoordinator::Finished {
                     job: key.0,

@@ -15,6 +15,9 @@ pub(crate) struct Reply {
     pub(crate) status: ExitStatus,
     /// Wait for the cancel token instead of ending (a long build).
     pub(crate) hang: bool,
+    /// With `hang`: end normally (with `status`) once this token fires, unless the
+    /// cancel token fires first.
+    pub(crate) release: Option<CancellationToken>,
 }
 
 impl Reply {
@@ -26,6 +29,7 @@ impl Reply {
             output: output.to_string(),
             status: ExitStatus::Code(code),
             hang: false,
+            release: None,
         }
     }
     pub(crate) fn signal(signal: i32, output: &str) -> Reply {
@@ -33,6 +37,7 @@ impl Reply {
             output: output.to_string(),
             status: ExitStatus::Signal(signal),
             hang: false,
+            release: None,
         }
     }
     pub(crate) fn hang(output: &str) -> Reply {
@@ -40,6 +45,14 @@ impl Reply {
             output: output.to_string(),
             status: ExitStatus::Signal(libc::SIGTERM),
             hang: true,
+            release: None,
+        }
+    }
+    /// Runs until `release` fires (then succeeds) or the job is cancelled.
+    pub(crate) fn until(release: &CancellationToken, output: &str) -> Reply {
+        Reply {
+            release: Some(release.clone()),
+            ..Reply::hang(output)
         }
     }
 }
@@ -92,12 +105,16 @@ impl CommandRunner for FakeRunner {
         Box::pin(async move {
             log.write(reply.output.as_bytes()).await;
             let mut cancelled = false;
+            let mut status = reply.status;
             if reply.hang {
-                cancel.cancelled().await;
-                cancelled = true;
+                let release = reply.release.clone().unwrap_or_default();
+                tokio::select! {
+                    () = cancel.cancelled() => cancelled = true,
+                    () = release.cancelled() => status = ExitStatus::Code(0),
+                }
             }
             Ok(Completed {
-                status: reply.status,
+                status,
                 cancelled,
                 tail: last_lines(&reply.output, TAIL_LINES),
             })

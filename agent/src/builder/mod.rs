@@ -3,7 +3,9 @@
 //! - [`Builder`]: what a backend does for one job: build a context directory for one
 //!   platform into an OCI image layout directory, and remove its local image after.
 //!   Every backend ends in an OCI layout, so pushing is written once (in the executor).
-//!   [`buildah::Buildah`] is the only backend today.
+//! - [`backend::Backend`]: the one implementation of [`Builder`] for command-line
+//!   tools, generic over [`Commands`], their command lines:
+//!   [`buildah::Buildah`] (the default) and [`podman::Podman`].
 //! - [`CommandRunner`]: the seam between a backend and the operating system: run one
 //!   program, stream its output into a [`LogSink`], cancel it. [`process::ProcessRunner`]
 //!   is the real one (own process group, SIGTERM then SIGKILL to the whole group); unit
@@ -12,18 +14,23 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use helix_protocol::Platform;
 use tokio_util::sync::CancellationToken;
 
+pub mod backend;
 pub mod buildah;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod podman;
 pub mod process;
 
+pub use backend::{check_installed, Backend, BuilderUnavailable, Commands, Storage};
 pub use buildah::Buildah;
+pub use podman::Podman;
 pub use process::ProcessRunner;
 
 /// The builder backends `--builder` accepts.
@@ -31,12 +38,23 @@ pub use process::ProcessRunner;
 pub enum BuilderKind {
     #[default]
     Buildah,
+    Podman,
 }
 
 impl BuilderKind {
+    /// Its name, also its program and what `Hello` advertises.
     pub fn name(self) -> &'static str {
         match self {
-            BuilderKind::Buildah => "buildah",
+            BuilderKind::Buildah => <buildah::BuildahCommands as Commands>::PROGRAM,
+            BuilderKind::Podman => <podman::PodmanCommands as Commands>::PROGRAM,
+        }
+    }
+
+    /// The backend of this kind, keeping its images under `storage`.
+    pub fn backend(self, storage: &Path, runner: Arc<dyn CommandRunner>) -> Arc<dyn Builder> {
+        match self {
+            BuilderKind::Buildah => Arc::new(Buildah::new(storage, runner)),
+            BuilderKind::Podman => Arc::new(Podman::new(storage, runner)),
         }
     }
 }
@@ -47,11 +65,12 @@ impl std::str::FromStr for BuilderKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "buildah" => Ok(BuilderKind::Buildah),
-            "podman" | "buildx" | "docker" => Err(format!(
-                "the {s} builder is not supported yet: this agent builds with buildah (--builder buildah)"
+            "podman" => Ok(BuilderKind::Podman),
+            "buildx" | "docker" => Err(format!(
+                "the {s} builder is not supported yet: use --builder buildah or --builder podman"
             )),
             other => Err(format!(
-                "unknown builder {other:?}: this agent builds with buildah (--builder buildah)"
+                "unknown builder {other:?}: use --builder buildah or --builder podman"
             )),
         }
     }
@@ -290,7 +309,7 @@ pub enum BuildError {
 
 /// An image builder backend.
 pub trait Builder: Send + Sync + fmt::Debug {
-    /// Its name, as advertised in `Hello` (`buildah`).
+    /// Its name, as advertised in `Hello` (`buildah`, `podman`).
     fn name(&self) -> &'static str;
 
     /// Build `req` into an OCI layout at `req.layout_dir`, writing the builder's
@@ -302,9 +321,14 @@ pub trait Builder: Send + Sync + fmt::Debug {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<BuiltImage, BuildError>>;
 
-    /// Remove the local image `image` (and whatever the backend keeps for it). Best
-    /// effort: a failure is logged, never fatal.
-    fn remove_image<'a>(&'a self, image: &'a str, log: &'a dyn LogSink) -> BoxFuture<'a, ()>;
+    /// Remove the local image `image`, built for `platform` (and whatever the backend
+    /// keeps for it). Best effort: a failure is logged, never fatal.
+    fn remove_image<'a>(
+        &'a self,
+        image: &'a str,
+        platform: &'a Platform,
+        log: &'a dyn LogSink,
+    ) -> BoxFuture<'a, ()>;
 
     /// Remove what an earlier run of the agent left behind (it died mid-build). Called
     /// at start-up, before any job runs.
@@ -314,6 +338,26 @@ pub trait Builder: Send + Sync + fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builder_kinds_parse_and_name_themselves() {
+        assert_eq!("buildah".parse(), Ok(BuilderKind::Buildah));
+        assert_eq!("podman".parse(), Ok(BuilderKind::Podman));
+        assert_eq!(BuilderKind::Buildah.name(), "buildah");
+        assert_eq!(BuilderKind::Podman.name(), "podman");
+        assert_eq!(BuilderKind::default(), BuilderKind::Buildah);
+        let err = "buildx".parse::<BuilderKind>().expect_err("not yet");
+        assert!(err.contains("not supported yet"), "{err}");
+        let err = "kaniko".parse::<BuilderKind>().expect_err("unknown");
+        assert!(err.contains("unknown builder \"kaniko\""), "{err}");
+        let runner: Arc<dyn CommandRunner> = Arc::new(fake::FakeRunner::default());
+        for kind in [BuilderKind::Buildah, BuilderKind::Podman] {
+            assert_eq!(
+                kind.backend(Path::new("/s"), runner.clone()).name(),
+                kind.name()
+            );
+        }
+    }
 
     #[test]
     fn statuses_read_like_sentences() {

@@ -9,6 +9,7 @@ use helix_protocol::{BuildId, Digest, JobId};
 use super::*;
 use crate::builder::fake::{FakeRunner, Reply};
 use crate::builder::Buildah;
+use crate::context::fake::{Answer, FakeFetcher};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -97,9 +98,18 @@ struct Setup {
     executor: Executor,
     runner: Arc<FakeRunner>,
     pusher: Arc<FakePusher>,
+    fetcher: Arc<FakeFetcher>,
 }
 
 fn setup(runner: FakeRunner, pusher: Arc<FakePusher>) -> Setup {
+    setup_with(
+        runner,
+        pusher,
+        FakeFetcher::answering(Answer::Rejected("no context in this test".into())),
+    )
+}
+
+fn setup_with(runner: FakeRunner, pusher: Arc<FakePusher>, fetcher: Arc<FakeFetcher>) -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
     let runner = Arc::new(runner);
     let builder = Arc::new(Buildah::new(&tmp.path().join("storage"), runner.clone()));
@@ -108,12 +118,14 @@ fn setup(runner: FakeRunner, pusher: Arc<FakePusher>) -> Setup {
         runner.clone(),
         builder,
         pusher.clone(),
+        fetcher.clone(),
     );
     Setup {
         _tmp: tmp,
         executor,
         runner,
         pusher,
+        fetcher,
     }
 }
 
@@ -427,22 +439,6 @@ async fn failures_are_classified() {
         "pushing the image failed: registry 127.0.0.1:5000 refused access",
     );
 
-    // Not supported yet: say so, never pretend.
-    let s = setup(FakeRunner::default(), FakePusher::ok());
-    let f = failed(
-        run(
-            &s,
-            &assignment(PinnedSource::Context {
-                digest: Digest::sha256_of(b"context"),
-            }),
-            &CancellationToken::new(),
-        )
-        .await
-        .0,
-    );
-    check(&f, FailureKind::Build, "building from an uploaded context");
-    assert_eq!(steps(&s.runner), ["buildah rmi"]);
-
     // A Dockerfile outside the context is refused before anything runs.
     let s = setup(FakeRunner::default(), FakePusher::ok());
     let mut a = assignment(git_source());
@@ -506,4 +502,193 @@ fn dockerfile_paths_stay_in_the_context() {
     for bad in ["", "/etc/passwd", "../Dockerfile", "a/../../b", "a\nb"] {
         assert!(dockerfile_in(src, bad).is_err(), "{bad:?}");
     }
+}
+
+/// A build context with a Dockerfile and a file it copies, packed; and its digest.
+fn packed_context() -> (Vec<u8>, Digest) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /hello.txt\n",
+    )
+    .expect("write");
+    std::fs::create_dir(dir.path().join("data")).expect("mkdir");
+    std::fs::write(dir.path().join("data/hello.txt"), "hello\n").expect("write");
+    let mut bytes = Vec::new();
+    let packed = helix_context::pack(dir.path(), &mut bytes).expect("pack");
+    assert_eq!(packed.digest, Digest::sha256_of(&bytes));
+    (bytes, packed.digest)
+}
+
+/// A tar archive whose one entry is `../x`, as a hostile client could upload.
+fn escaping_archive() -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..4].copy_from_slice(b"../x");
+    header.set_size(1);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, &b"x"[..]).expect("append");
+    builder.into_inner().expect("finish")
+}
+
+/// A runner whose `buildah build` fails unless the context it builds has the files.
+fn checking_context() -> FakeRunner {
+    FakeRunner::replying(|cmd| {
+        if cmd.program == "buildah" && cmd.args[4] == "build" {
+            let src = cmd.cwd.clone().expect("build runs in the context");
+            let hello = std::fs::read_to_string(src.join("data/hello.txt")).unwrap_or_default();
+            if src.join("Dockerfile").is_file() && hello == "hello\n" {
+                return Reply::ok("STEP 1/2: FROM scratch\n");
+            }
+            return Reply::exit(1, "Error: the context is not there\n");
+        }
+        Reply::ok("")
+    })
+}
+
+#[tokio::test]
+async fn a_context_job_downloads_verifies_unpacks_and_builds() {
+    let (bytes, digest) = packed_context();
+    let size = bytes.len();
+    let s = setup_with(
+        checking_context(),
+        FakePusher::ok(),
+        FakeFetcher::sending(bytes),
+    );
+    let a = assignment(PinnedSource::Context {
+        digest: digest.clone(),
+    });
+    let (ended, started, log) = run(&s, &a, &CancellationToken::new()).await;
+    assert_eq!(
+        ended,
+        Ended::Outcome(JobOutcome::Succeeded(image())),
+        "{log}"
+    );
+    assert!(started);
+    assert_eq!(s.fetcher.asked(), std::slice::from_ref(&digest));
+    assert_eq!(
+        steps(&s.runner),
+        ["buildah build", "buildah push", "buildah rmi"],
+        "no git for a context"
+    );
+    assert!(
+        log.starts_with(&format!(
+            "==> building linux/amd64 from context {digest} (attempt 1)\n\
+             ==> fetching build context {digest} ({size} bytes)\n\
+             ==> unpacked 2 files, 1 directory and 0 links (45 bytes)\n\
+             "
+        )),
+        "{log}"
+    );
+    let dir = s.executor.work_dir(&(a.job, a.attempt));
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .expect("work dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [LOG_FILE], "the archive and the context are removed");
+}
+
+#[tokio::test]
+async fn a_context_that_does_not_arrive_right_is_an_infrastructure_failure() {
+    #[track_caller]
+    fn check(f: &JobFailure, kind: FailureKind, message: &str) {
+        assert_eq!(f.kind, kind, "{}", f.message);
+        assert!(f.message.contains(message), "{}", f.message);
+    }
+    let (bytes, digest) = packed_context();
+    let a = assignment(PinnedSource::Context {
+        digest: digest.clone(),
+    });
+
+    // Other bytes than the digest says, of the same size.
+    let mut damaged = bytes.clone();
+    damaged[100] ^= 0xff;
+    let actual = Digest::sha256_of(&damaged);
+    let s = setup_with(
+        checking_context(),
+        FakePusher::ok(),
+        FakeFetcher::sending(damaged),
+    );
+    let (ended, _, log) = run(&s, &a, &CancellationToken::new()).await;
+    let f = failed(ended);
+    check(
+        &f,
+        FailureKind::Infrastructure,
+        &format!("does not match its digest: expected {digest}, got {actual}"),
+    );
+    assert_eq!(steps(&s.runner), ["buildah rmi"], "nothing built");
+    assert!(
+        log.contains("==> failed: the build context received does not match"),
+        "{log}"
+    );
+    let dir = s.executor.work_dir(&(a.job, a.attempt));
+    assert!(
+        !dir.join(CONTEXT_FILE).exists(),
+        "the damaged archive is deleted"
+    );
+    assert!(!dir.join("src").exists());
+
+    // The stream ends early.
+    let s = setup_with(
+        checking_context(),
+        FakePusher::ok(),
+        FakeFetcher::answering(Answer::Follows {
+            size: bytes.len() as u64,
+            bytes: bytes[..1000].to_vec(),
+        }),
+    );
+    let f = failed(run(&s, &a, &CancellationToken::new()).await.0);
+    check(
+        &f,
+        FailureKind::Infrastructure,
+        &format!(
+            "the build context stream ended after 1000 of {} bytes",
+            bytes.len()
+        ),
+    );
+    assert_eq!(steps(&s.runner), ["buildah rmi"]);
+
+    // The coordinator does not have it (any more).
+    let s = setup_with(
+        checking_context(),
+        FakePusher::ok(),
+        FakeFetcher::answering(Answer::Rejected(format!("no build context {digest}"))),
+    );
+    let f = failed(run(&s, &a, &CancellationToken::new()).await.0);
+    check(
+        &f,
+        FailureKind::Infrastructure,
+        &format!("the coordinator refused to send the build context: no build context {digest}"),
+    );
+}
+
+#[tokio::test]
+async fn an_archive_the_unpacker_refuses_is_a_build_failure() {
+    let archive = escaping_archive();
+    let digest = Digest::sha256_of(&archive);
+    let s = setup_with(
+        checking_context(),
+        FakePusher::ok(),
+        FakeFetcher::sending(archive),
+    );
+    let a = assignment(PinnedSource::Context { digest });
+    let (ended, _, log) = run(&s, &a, &CancellationToken::new()).await;
+    let f = failed(ended);
+    assert_eq!(f.kind, FailureKind::Build, "{}", f.message);
+    assert!(
+        f.message
+            .starts_with("refusing build context entry \"../x\": "),
+        "{}",
+        f.message
+    );
+    assert!(
+        log.contains("==> failed: refusing build context entry"),
+        "{log}"
+    );
+    assert_eq!(steps(&s.runner), ["buildah rmi"]);
+    let dir = s.executor.work_dir(&(a.job, a.attempt));
+    assert!(!dir.join("src").exists() && !dir.join(CONTEXT_FILE).exists());
+    assert!(!dir.parent().expect("work root").join("x").exists());
 }

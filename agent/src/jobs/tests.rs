@@ -1,5 +1,5 @@
 //! The job set with a fake process layer and registry: admission, held results, acks,
-//! restarts, cancel and shutdown.
+//! restarts, cancel, shutdown and drain.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,7 +51,16 @@ fn jobs_in(
 ) -> (Jobs, mpsc::UnboundedReceiver<Notice>) {
     let runner = Arc::new(runner);
     let builder = Arc::new(Buildah::new(&dir.join("storage"), runner.clone()));
-    let executor = Executor::new(dir.join("work"), runner, builder, Arc::new(OkPusher));
+    let contexts = crate::context::fake::FakeFetcher::answering(
+        crate::context::fake::Answer::Rejected("no context in this test".into()),
+    );
+    let executor = Executor::new(
+        dir.join("work"),
+        runner,
+        builder,
+        Arc::new(OkPusher),
+        contexts,
+    );
     let (jobs, rx) = Jobs::new(
         executor,
         ResultStore::new(dir.join("results")),
@@ -237,6 +246,126 @@ async fn a_cancel_reports_cancelled_and_a_shutdown_asks_for_a_retry() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(jobs.running(), 0);
+    let f = refusal(jobs.assign(assignment("linux/amd64")));
+    assert_eq!(f.message, "the agent is shutting down");
+}
+
+/// Builds run until `release` fires.
+fn gated(release: &CancellationToken) -> FakeRunner {
+    let release = release.clone();
+    FakeRunner::replying(move |cmd| match cmd.args.get(4).map(String::as_str) {
+        Some("build") if cmd.program == "buildah" => Reply::until(&release, "STEP 1/2\n"),
+        _ => Reply::ok(""),
+    })
+}
+
+#[tokio::test]
+async fn a_drain_refuses_new_work_and_lets_the_running_jobs_finish() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let release = CancellationToken::new();
+    let (jobs, mut rx) = jobs_in(tmp.path(), gated(&release), 2);
+    let a = assignment("linux/amd64");
+    let running = (a.job, a.attempt);
+    assert!(matches!(jobs.assign(a), AssignReply::Accepted(_)));
+    assert_eq!(next(&mut rx).await, Notice::Started(running));
+    assert_eq!(jobs.drain_remaining(), None, "not draining yet");
+
+    let drain = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move { jobs.drain(Duration::from_secs(60)).await })
+    };
+    assert_eq!(
+        next(&mut rx).await,
+        Notice::Draining,
+        "the session tells the coordinator"
+    );
+    let left = jobs.drain_remaining().expect("draining");
+    assert!(
+        left > Duration::from_secs(50) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    assert_eq!(
+        jobs.start_draining(Duration::from_secs(1)),
+        1,
+        "a second start changes nothing"
+    );
+    assert!(jobs.drain_remaining().expect("draining") > Duration::from_secs(50));
+
+    // A free slot, but no new work: it goes back to be requeued.
+    let f = refusal(jobs.assign(assignment("linux/amd64")));
+    assert_eq!(f.kind, FailureKind::Infrastructure);
+    assert_eq!(f.message, "the agent is draining");
+    assert!(jobs.is_running(&running), "the running job goes on");
+    assert!(!drain.is_finished());
+
+    release.cancel();
+    assert_eq!(next(&mut rx).await, Notice::Finished(running));
+    let late = tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .expect("the drain ends when the job does")
+        .expect("drain task");
+    assert_eq!(late, 0);
+    assert_eq!(jobs.outcome(&running), Some(JobOutcome::Succeeded(image())));
+    assert!(rx.try_recv().is_err(), "one Draining notice only");
+}
+
+#[tokio::test]
+async fn the_drain_deadline_cancels_what_still_runs_for_a_retry_elsewhere() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (jobs, mut rx) = jobs_in(tmp.path(), hanging(), 2);
+    let a = assignment("linux/amd64");
+    let key = (a.job, a.attempt);
+    assert!(matches!(jobs.assign(a), AssignReply::Accepted(_)));
+    assert_eq!(next(&mut rx).await, Notice::Started(key));
+
+    let started = std::time::Instant::now();
+    let late = tokio::time::timeout(
+        Duration::from_secs(10),
+        jobs.drain(Duration::from_millis(200)),
+    )
+    .await
+    .expect("the drain ends at its deadline");
+    assert_eq!(late, 1);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(next(&mut rx).await, Notice::Draining);
+    assert_eq!(next(&mut rx).await, Notice::Finished(key));
+    match jobs.outcome(&key) {
+        Some(JobOutcome::Failed(f)) => {
+            assert_eq!(f.kind, FailureKind::Infrastructure);
+            assert_eq!(f.message, "the agent shut down before the job finished");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(jobs.running(), 0);
+    assert_eq!(jobs.drain_remaining(), Some(Duration::ZERO));
+
+    // The results wait for the coordinator, for a bounded time.
+    assert!(!jobs.wait_acked(Duration::from_millis(50)).await);
+    assert_eq!(jobs.unacked_count(), 1);
+    let acker = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            jobs.ack(&key)
+        })
+    };
+    assert!(jobs.wait_acked(Duration::from_secs(10)).await);
+    assert!(acker.await.expect("acker"));
+}
+
+#[tokio::test]
+async fn an_idle_agent_drains_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (jobs, mut rx) = jobs_in(tmp.path(), hanging(), 1);
+    let late = tokio::time::timeout(Duration::from_secs(5), jobs.drain(Duration::from_secs(600)))
+        .await
+        .expect("nothing to wait for");
+    assert_eq!(late, 0);
+    assert_eq!(next(&mut rx).await, Notice::Draining);
+    assert!(
+        jobs.wait_acked(Duration::from_secs(5)).await,
+        "nothing held"
+    );
     let f = refusal(jobs.assign(assignment("linux/amd64")));
     assert_eq!(f.message, "the agent is shutting down");
 }
