@@ -44,13 +44,24 @@ impl Assembler {
     pub async fn assemble(&self, build: &Build, jobs: &[Job]) -> Result<Digest, String> {
         let mut results: Vec<(Platform, ImageResult)> = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let JobState::Succeeded { result, agent, .. } = job.state() else {
+            let JobState::Succeeded {
+                result,
+                agent,
+                cached_from,
+            } = job.state()
+            else {
                 return Err(format!(
                     "{} has not succeeded ({})",
                     job.platform(),
                     job.state().name()
                 ));
             };
+            if cached_from.is_some() {
+                // Verified when it entered the cache, and its manifest was found in
+                // this repository at submit: no need to fetch it again.
+                results.push((job.platform().clone(), result.clone()));
+                continue;
+            }
             let image = build.spec.tag.with_digest(result.digest.clone());
             let fetched = retry(|| self.registry.fetch_manifest(&image))
                 .await

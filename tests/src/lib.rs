@@ -12,12 +12,17 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The workspace's target directory, found from this test binary's path
-/// (`target/<profile>/deps/<test>`).
+/// The workspace's target directory for this build profile, found from the running
+/// executable's path: `target/<profile>/deps/<test>` for tests,
+/// `target/<profile>/<bin>` for benchmark programs.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
+    let dir = exe.parent().expect("executable dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, built once per test run so tests never use a stale one.

@@ -56,6 +56,9 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const REPO: &str = "https://example.invalid/bench.git";
 const TAG: &str = "127.0.0.1:5000/bench/app:v1";
 const PLATFORM: &str = "linux/amd64";
+/// CPU share (of one CPU) other processes may take during a run before it counts as
+/// disturbed (see --retries-if-busy).
+const BUSY_SHARE: f64 = 0.1;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -104,6 +107,10 @@ struct Args {
     /// Do not run `cargo build -p helix-coordinator` first.
     #[arg(long)]
     no_build: bool,
+    /// Run an N again (up to this many times) when other processes took more than a
+    /// tenth of a CPU during its throughput phase; the quietest run is reported.
+    #[arg(long, default_value_t = 0)]
+    retries_if_busy: u32,
     /// Give up on one N after this many seconds in its throughput phase.
     #[arg(long, default_value_t = 600)]
     max_secs: u64,
@@ -141,35 +148,32 @@ fn run_all(args: &Args) -> anyhow::Result<()> {
         None => None,
     };
     for n in counts {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("helix-bench-");
-        let work = match &args.work_dir {
-            Some(dir) => builder.tempdir_in(dir),
-            None => builder.tempdir(),
-        }
-        .context("create the work directory")?;
-        eprintln!(
-            "== {n} agents, {} jobs; work dir {}",
-            args.jobs,
-            work.path().display()
-        );
-        let coordinator = CoordinatorProc::start(&bin, work.path(), &args.coordinator_log_level)?;
-        let pid = coordinator.pid();
-        let result = runtime.block_on(bench_one(args, n, &coordinator));
-        coordinator.kill();
-        if args.keep {
-            let kept = work.keep();
-            eprintln!("kept {}", kept.display());
-        }
-        let mut report = match result {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(e.context(format!(
-                    "the run with {n} agents failed (coordinator pid {pid})"
-                )))
+        let mut best: Option<serde_json::Value> = None;
+        let mut attempts = 0;
+        for attempt in 0..=args.retries_if_busy {
+            attempts += 1;
+            if attempt > 0 {
+                eprintln!(
+                    "the machine was busy: running {n} agents again ({attempt}/{})",
+                    args.retries_if_busy
+                );
             }
-        };
+            let report = bench_fresh(args, &bin, &runtime, n)?;
+            let busy = |r: &serde_json::Value| {
+                r["other_cpu_secs_run"].as_f64().unwrap_or(0.0)
+                    / r["run_secs"].as_f64().unwrap_or(1.0).max(1e-3)
+            };
+            let quiet = busy(&report) <= BUSY_SHARE;
+            if best.as_ref().is_none_or(|b| busy(&report) < busy(b)) {
+                best = Some(report);
+            }
+            if quiet {
+                break;
+            }
+        }
+        let mut report = best.context("no run")?;
         report["machine"] = machine();
+        report["attempts"] = attempts.into();
         let line = serde_json::to_string(&report).context("encode the report")?;
         println!("{line}");
         if let Some(f) = out.as_mut() {
@@ -178,6 +182,37 @@ fn run_all(args: &Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One run of `n` agents against a fresh coordinator in a fresh work directory; the
+/// coordinator is killed by its pid before this returns.
+fn bench_fresh(
+    args: &Args,
+    bin: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+    n: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("helix-bench-");
+    let work = match &args.work_dir {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .context("create the work directory")?;
+    eprintln!(
+        "== {n} agents, {} jobs; work dir {}",
+        args.jobs,
+        work.path().display()
+    );
+    let coordinator = CoordinatorProc::start(bin, work.path(), &args.coordinator_log_level)?;
+    let pid = coordinator.pid();
+    let result = runtime.block_on(bench_one(args, n, &coordinator));
+    coordinator.kill();
+    if args.keep {
+        let kept = work.keep();
+        eprintln!("kept {}", kept.display());
+    }
+    result.with_context(|| format!("the run with {n} agents failed (coordinator pid {pid})"))
 }
 
 /// One agent count against one fresh coordinator.
@@ -360,7 +395,7 @@ async fn bench_one(
     let run_other_cpu =
         (process::machine_busy_secs().unwrap_or(f64::NAN) - busy0 - run_coord_cpu - run_bench_cpu)
             .max(0.0);
-    if run_other_cpu > 0.1 * run_wall {
+    if run_other_cpu > BUSY_SHARE * run_wall {
         eprintln!(
             "warning: other processes used {run_other_cpu:.1} CPU-seconds during the {run_wall:.1}s run: the figures are pessimistic"
         );
