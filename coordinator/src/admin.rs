@@ -184,15 +184,23 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
         ),
         AdminRequest::ListAgents => match shared.store.run(|s| s.agents()).await {
             Ok(records) => {
-                let holding = shared.engine.holding().await;
+                let snapshot = shared.engine.snapshot().await;
                 AdminResponse::Agents(
                     records
                         .iter()
                         .map(|r| {
-                            r.info(
-                                shared.connected(r.id),
-                                holding.get(&r.id).copied().unwrap_or(0),
-                            )
+                            let live = snapshot.agents.iter().find(|a| a.agent == r.id);
+                            let connected = shared.connected(r.id);
+                            let mut info = r.info(connected, live.map(|a| a.used).unwrap_or(0));
+                            // An agent draining on its own (SIGTERM) shows as draining
+                            // while it is connected; its stored state is the operator's.
+                            if connected
+                                && info.state == AgentState::Ready
+                                && live.is_some_and(|a| !a.schedulable)
+                            {
+                                info.state = AgentState::Draining;
+                            }
+                            info
                         })
                         .collect(),
                 )

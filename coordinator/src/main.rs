@@ -15,6 +15,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_tracing(&args.global.log_level, &args.global.log_format);
+    if !matches!(args.command, cli::Command::Serve(_)) {
+        restore_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,5 +50,18 @@ fn init_tracing(default: &str, format: &str) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Admin commands are often piped (`build list | head`): let a closed pipe end the
+/// process quietly, as it does for other Unix tools, instead of a panic in `println!`.
+/// `serve` keeps Rust's default (SIGPIPE ignored), so a closed log pipe is an error it
+/// handles, not a silent death.
+fn restore_sigpipe() {
+    #[allow(unsafe_code)]
+    // SAFETY: signal(2) with SIG_DFL installs no handler code; it runs before any
+    // thread is started, so nothing races with it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

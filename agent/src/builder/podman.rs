@@ -73,6 +73,23 @@ pub fn platform_dir_name(platform: &Platform) -> String {
         .collect()
 }
 
+/// Where podman keeps its run-time state. podman refuses a `--runroot` longer than 50
+/// characters (its sockets live there), which a data dir of any depth exceeds, so the
+/// runroot lives under `/run/helix-agent/` (a tmpfs, per boot) in a directory named
+/// after a hash of the storage dir: short, and still one per agent and platform.
+fn podman_storage(dir: &Path) -> Storage {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let short: String = hash.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    Storage {
+        root: dir.join("root"),
+        runroot: Path::new(RUNROOT_BASE).join(short),
+    }
+}
+
+/// The base of podman's short runroots.
+const RUNROOT_BASE: &str = "/run/helix-agent";
+
 /// `podman --root R --runroot RR --tmpdir DIR/tmp`.
 fn podman(storage: &Storage) -> CommandSpec {
     in_storage(PODMAN, storage)
@@ -84,7 +101,7 @@ impl Commands for PodmanCommands {
     const PROGRAM: &'static str = PODMAN;
 
     fn storage(&self, storage_dir: &Path, platform: &Platform) -> Storage {
-        Storage::in_dir(
+        podman_storage(
             &storage_dir
                 .join(PODMAN_DIR)
                 .join(platform_dir_name(platform)),
@@ -101,7 +118,7 @@ impl Commands for PodmanCommands {
             .filter(|p| p.join("root").is_dir())
             .collect();
         dirs.sort();
-        dirs.iter().map(|d| Storage::in_dir(d)).collect()
+        dirs.iter().map(|d| podman_storage(d)).collect()
     }
 
     fn build(&self, storage: &Storage, req: &BuildRequest) -> CommandSpec {
@@ -165,14 +182,33 @@ mod tests {
     /// The storage flags of `platform_dir`.
     fn storage_args(platform_dir: &str) -> Vec<String> {
         let dir = format!("/data/storage/podman/{platform_dir}");
+        let runroot = podman_storage(Path::new(&dir)).runroot;
         vec![
             "--root".into(),
             format!("{dir}/root"),
             "--runroot".into(),
-            format!("{dir}/runroot"),
+            runroot.display().to_string(),
             "--tmpdir".into(),
             format!("{dir}/tmp"),
         ]
+    }
+
+    #[test]
+    fn runroots_are_short_and_distinct() {
+        let a = podman_storage(Path::new(
+            "/var/lib/helix-agent/storage/podman/linux-arm-v7",
+        ))
+        .runroot;
+        let b =
+            podman_storage(Path::new("/var/lib/helix-agent/storage/podman/linux-arm64")).runroot;
+        assert_ne!(a, b);
+        for r in [a, b] {
+            assert!(
+                r.as_os_str().len() <= 50,
+                "podman refuses runroots over 50 characters: {}",
+                r.display()
+            );
+        }
     }
 
     #[track_caller]

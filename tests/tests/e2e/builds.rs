@@ -17,11 +17,24 @@ fn busybox() -> Vec<u8> {
 }
 
 #[test]
-fn a_two_platform_build_pushes_one_index_with_both_platforms() {
+fn a_two_platform_build_pushes_one_index_with_both_platforms_buildah() {
+    two_platform_build("buildah");
+}
+
+#[test]
+fn a_two_platform_build_pushes_one_index_with_both_platforms_podman() {
+    two_platform_build("podman");
+}
+
+/// One body for every builder backend.
+fn two_platform_build(builder: &str) {
     let root = tmp();
-    let cluster = BuildCluster::start(
+    let cluster = BuildCluster::start_opts(
         root.path(),
         &[("amd64-1", &["linux/amd64"]), ("arm64-1", &["linux/arm64"])],
+        &[],
+        &[],
+        &["--builder", builder],
     );
     let repo = git_repo(
         &root.path().join("repo"),
@@ -148,11 +161,23 @@ fn a_run_step_builds_and_its_output_is_in_the_logs() {
 }
 
 #[test]
-fn a_failing_dockerfile_fails_the_build_and_pushes_no_index() {
+fn a_failing_dockerfile_fails_the_build_and_pushes_no_index_buildah() {
+    failing_build("buildah");
+}
+
+#[test]
+fn a_failing_dockerfile_fails_the_build_and_pushes_no_index_podman() {
+    failing_build("podman");
+}
+
+fn failing_build(builder: &str) {
     let root = tmp();
-    let cluster = BuildCluster::start(
+    let cluster = BuildCluster::start_opts(
         root.path(),
         &[("amd64-1", &["linux/amd64"]), ("arm64-1", &["linux/arm64"])],
+        &[],
+        &[],
+        &["--builder", builder],
     );
     let dockerfile = b"FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo failing-step-marker; exit 3\"]\n";
     let bb = busybox();
@@ -316,4 +341,47 @@ fn bad_submits_are_refused_with_a_message_and_store_nothing() {
         "{human}"
     );
     c.admin(&["build", "cancel", &id]).ok();
+}
+
+/// podman 4.3's layer cache can hand back an image built for another platform; one
+/// podman agent building both platforms of a build must still produce a correct index
+/// (each platform in its own storage), never a wrong-architecture entry.
+#[test]
+fn one_podman_agent_builds_both_platforms_correctly() {
+    let root = tmp();
+    let cluster = BuildCluster::start_opts(
+        root.path(),
+        &[("podman-1", &["linux/amd64", "linux/arm64"])],
+        &[],
+        &[],
+        &["--builder", "podman", "--capacity", "2"],
+    );
+    let repo = git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", SIMPLE), ("hello.txt", b"hello podman\n")],
+    );
+    let id = cluster.submit(
+        &repo,
+        "linux/amd64,linux/arm64",
+        &cluster.image("podman/both:v1"),
+        &[],
+    );
+    let (code, done) = cluster.wait(&id);
+    assert_eq!(code, Some(0), "{done:#}");
+    for (platform, digest) in job_digests(&done) {
+        let config = cluster
+            .registry
+            .inspect_config(&format!("podman/both@{digest}"));
+        assert_eq!(
+            format!(
+                "{}/{}",
+                config["os"].as_str().unwrap_or(""),
+                config["architecture"].as_str().unwrap_or("")
+            ),
+            platform,
+            "{config}"
+        );
+    }
+    let agents = cluster.coordinator.agents();
+    assert_eq!(agents[0]["builder"], "podman");
 }
