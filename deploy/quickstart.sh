@@ -5,8 +5,8 @@
 # loopback: a local OCI registry, a coordinator, and two agents (the second
 # advertises linux/arm64: the example has no RUN step, so it builds natively on any
 # machine). It submits a linux/amd64 + linux/arm64 build of deploy/examples/hello,
-# follows its output, prints the pushed multi-arch index, and stops everything it
-# started.
+# follows its output, prints the pushed multi-arch index, submits it once more to
+# show the result cache, and stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,8 +71,9 @@ say "Initializing the coordinator (cluster CA, certificates, store) in $WORK/coo
 "$BIN/helix-coordinator" init --data-dir "$WORK/coordinator" --cluster quickstart
 
 say "Starting the coordinator (mutual-TLS QUIC on 127.0.0.1)"
+METRICS=127.0.0.1:$(free_port)
 "$BIN/helix-coordinator" serve --data-dir "$WORK/coordinator" --listen 127.0.0.1:0 \
-  --allow-file-repos --insecure-registry "$REGISTRY" 2>"$WORK/coordinator.log" &
+  --allow-file-repos --insecure-registry "$REGISTRY" --metrics-listen "$METRICS" 2>"$WORK/coordinator.log" &
 PIDS+=($!)
 ADDR=
 for _ in $(seq 100); do
@@ -81,7 +82,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -n "$ADDR" ] || { cat "$WORK/coordinator.log"; echo "error: the coordinator did not start" >&2; exit 1; }
-echo "coordinator listening on $ADDR"
+echo "coordinator listening on $ADDR (metrics: http://$METRICS/metrics)"
 export HELIX_COORDINATOR=$ADDR HELIX_ADMIN_CERT=$WORK/coordinator/admin.pem
 
 for spec in "amd64-1:linux/amd64" "arm64-1:linux/arm64"; do
@@ -116,3 +117,9 @@ say "Submitting a linux/amd64 + linux/arm64 build (build submit --follow)"
 say "The multi-arch index in the registry (skopeo inspect --raw)"
 skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/quickstart/hello:latest"
 echo
+
+say "Submitting the same build again: served from the result cache, no agent work"
+start=$(date +%s%N)
+"$BIN/helix-coordinator" build submit --repo "file://$REPO" --ref main \
+  --platform linux/amd64,linux/arm64 --tag "$REGISTRY/quickstart/hello:latest" --wait
+echo "finished in $(( ($(date +%s%N) - start) / 1000000 )) ms"
