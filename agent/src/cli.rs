@@ -1,4 +1,10 @@
 //! Command-line surface of `helix-agent`.
+//!
+//! Every flag of `run` (and the global ones) is also a key of its configuration file
+//! (see `config.rs`) and a `HELIX_*` environment variable; repeatable flags are lists
+//! in files and comma-separated in the environment. Each value parser here also
+//! checks values from files, so a bad one is refused at start-up with its file, line
+//! and key.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,9 +18,18 @@ pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/helix-agent";
 #[derive(Debug, Parser)]
 #[command(name = "helix-agent", version, about = "Helix build farm agent")]
 pub(crate) struct Cli {
-    /// Log filter (also RUST_LOG), e.g. info or helix_agent=debug.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log filter (RUST_LOG wins when set), e.g. info or helix_agent=debug.
+    #[arg(
+        long,
+        global = true,
+        env = "HELIX_LOG_LEVEL",
+        default_value = "info",
+        value_parser = parse_log_level
+    )]
     pub(crate) log_level: String,
+    /// Log format: text (for journald and terminals) or json (one object per line).
+    #[arg(long, global = true, env = "HELIX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -22,62 +37,146 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Enrol this host with a join token (once); stores its identity in --data-dir.
+    /// (`run` with join-token-file does this by itself on its first start.)
     Join(JoinArgs),
-    /// Connect to the coordinator and serve it until stopped (SIGTERM/SIGINT).
+    /// Connect to the coordinator and serve it until stopped (SIGTERM/SIGINT drain
+    /// it; SIGHUP reloads the configuration).
     Run(RunArgs),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check this host: the builder, the data dir and its free space, the enrolment
+    /// and certificate, the clock, and that the coordinator is reachable.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct JoinArgs {
     /// The coordinator, HOST:PORT.
-    #[arg(long, env = "HELIX_COORDINATOR")]
+    #[arg(long, env = "HELIX_COORDINATOR", value_parser = parse_address)]
     pub(crate) coordinator: String,
-    /// The join token printed by `helix-coordinator token create`.
-    #[arg(long, env = "HELIX_JOIN_TOKEN", hide_env_values = true)]
-    pub(crate) token: String,
+    /// The join token printed by `helix-coordinator token create`. Prefer
+    /// --token-file or HELIX_JOIN_TOKEN: a command line is visible to every user.
+    #[arg(
+        long,
+        env = "HELIX_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    pub(crate) token: Option<String>,
+    /// A file holding the join token, readable only by its owner (mode 0600).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
     /// Where to store the agent's identity (created 0700).
     #[arg(long, env = "HELIX_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub(crate) data_dir: PathBuf,
     /// The agent's name in listings [default: the host name].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_name)]
     pub(crate) name: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The directory `join` filled.
+    /// Configuration file [default: /etc/helix/agent.toml when it exists], plus its
+    /// FILE.d/*.toml drop-ins. Every flag of `run` is a key of the same name.
+    #[arg(long, env = "HELIX_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// The data directory: identity, job work dirs, results, image storage.
     #[arg(long, env = "HELIX_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub(crate) data_dir: PathBuf,
-    /// The coordinator, HOST:PORT [default: the one joined through].
-    #[arg(long, env = "HELIX_COORDINATOR")]
+    /// The coordinator, HOST:PORT [default: the one joined through]. Needed to enrol.
+    #[arg(long, env = "HELIX_COORDINATOR", value_parser = parse_address)]
     pub(crate) coordinator: Option<String>,
     /// A platform this host builds natively, e.g. linux/arm64 (repeatable, or a comma
     /// list). Replaces the detected platform.
-    #[arg(long = "platform", value_name = "PLATFORM")]
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        env = "HELIX_PLATFORM",
+        value_delimiter = ',',
+        value_parser = parse_platform
+    )]
     pub(crate) platforms: Vec<String>,
-    /// How many jobs to run at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// How many jobs to run at once (changes live on SIGHUP).
+    #[arg(long, env = "HELIX_CAPACITY", default_value_t = 1, value_parser = parse_capacity)]
     pub(crate) capacity: u32,
-    /// A label for scheduling, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    /// A label for scheduling, KEY=VALUE (repeatable; changes live on SIGHUP).
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "HELIX_LABEL",
+        value_delimiter = ',',
+        value_parser = parse_label
+    )]
     pub(crate) labels: Vec<(String, String)>,
     /// A connection silent this long is dead (keep-alives go out at a third of it).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HELIX_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
     /// The image builder: buildah or podman.
-    #[arg(long, default_value = "buildah", value_parser = parse_builder)]
+    #[arg(long, env = "HELIX_BUILDER", default_value = "buildah", value_parser = parse_builder)]
     pub(crate) builder: BuilderKind,
     /// A registry to push to over plain HTTP, HOST:PORT as image references spell it
     /// (repeatable). Use the same list as the coordinator's.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "HELIX_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
     pub(crate) insecure_registries: Vec<String>,
     /// How long a cancelled build gets between SIGTERM and SIGKILL.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HELIX_CANCEL_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) cancel_grace: Duration,
     /// On SIGTERM/SIGINT, how long running jobs may still finish before they are
     /// cancelled and retried elsewhere (a second signal stops everything at once).
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HELIX_DRAIN_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub(crate) drain_deadline: Duration,
+    /// The agent's name in listings, given when it enrols [default: the host name].
+    #[arg(long, env = "HELIX_AGENT_NAME", value_parser = parse_name)]
+    pub(crate) name: Option<String>,
+    /// A file holding the join token (mode 0600 or stricter), read on the first
+    /// start to enrol and deleted once enrolled. HELIX_JOIN_TOKEN works too (and
+    /// wins). Never give the token itself on a command line.
+    #[arg(long, env = "HELIX_JOIN_TOKEN_FILE")]
+    pub(crate) join_token_file: Option<PathBuf>,
+    /// Address of the Prometheus /metrics, /healthz and /readyz listener, e.g.
+    /// 127.0.0.1:9465; empty (the default) turns it off.
+    #[arg(long, env = "HELIX_METRICS_LISTEN", default_value = "", value_parser = parse_metrics_listen)]
+    pub(crate) metrics_listen: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate a configuration file (and its drop-ins) and print the effective
+    /// configuration of `run` with each value's source, without starting anything.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// The data directory [default: the configuration's data-dir].
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// The configuration to check with [default: /etc/helix/agent.toml when it
+    /// exists].
+    #[arg(long, env = "HELIX_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_capacity(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a number of jobs, at least 1, got {s:?}")),
+    }
 }
 
 fn parse_builder(s: &str) -> Result<BuilderKind, String> {
@@ -98,6 +197,46 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// A platform (or a comma list of them), checked but kept as written.
+fn parse_platform(s: &str) -> Result<String, String> {
+    helix_protocol::Platform::parse_list(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// `HOST:PORT` (or `[v6]:PORT`), checked for its shape; resolved only when used.
+pub(crate) fn parse_address(s: &str) -> Result<String, String> {
+    let bad =
+        || format!("expected HOST:PORT (e.g. 127.0.0.1:7443 or coord.example.com:7443), got {s:?}");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.chars().any(char::is_whitespace) || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(s.to_string())
+}
+
+/// Empty (off) or a socket address.
+fn parse_metrics_listen(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !s.is_empty() {
+        s.parse::<std::net::SocketAddr>().map_err(|_| {
+            format!("expected HOST:PORT with an IP address, e.g. 127.0.0.1:9465, or \"\" to turn it off; got {s:?}")
+        })?;
+    }
+    Ok(s.to_string())
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map_err(|e| format!("{e} (expected e.g. info, debug or helix_agent=debug)"))?;
+    Ok(s.to_string())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    helix_protocol::identity::validate_admin_name(s)?;
+    Ok(s.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +254,7 @@ mod tests {
             Cli::try_parse_from(["helix-agent", "run", "--builder", builder])
                 .map(|cli| match cli.command {
                     Command::Run(args) => args.builder,
-                    Command::Join(_) => unreachable!("run"),
+                    _ => unreachable!("run"),
                 })
                 .map_err(|e| e.to_string())
         };
@@ -163,5 +302,25 @@ mod tests {
         assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_label("zone").is_err());
         assert!(parse_label("=x").is_err());
+    }
+
+    #[test]
+    fn values_are_checked_by_shape() {
+        for ok in ["127.0.0.1:7443", "coord.example.com:7443", "[::1]:7443"] {
+            assert_eq!(parse_address(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["coord", "coord:", ":7443", "coord:99999", "co rd:1"] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_metrics_listen("").as_deref(), Ok(""));
+        assert!(parse_metrics_listen("127.0.0.1:9465").is_ok());
+        assert!(parse_metrics_listen("localhost:9465").is_err());
+        assert!(parse_platform("linux/amd64,linux/arm64").is_ok());
+        let err = parse_platform("linux/amd65").expect_err("bad");
+        assert!(err.contains("unknown architecture \"amd65\""), "{err}");
+        assert!(parse_name("node-1").is_ok());
+        assert!(parse_name("node 1").is_err());
+        assert!(parse_log_level("helix_agent=debug,info").is_ok());
+        assert!(parse_log_level("helix_agent=loud").is_err());
     }
 }

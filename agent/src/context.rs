@@ -97,6 +97,9 @@ pub trait ContextFetcher: Send + Sync + fmt::Debug {
 pub struct CurrentConnection {
     slot: Arc<watch::Sender<Option<quinn::Connection>>>,
     wait: Duration,
+    /// Context downloads whose bytes are still coming over the connection (a
+    /// deliberate reconnect waits for them: closing would cut them off).
+    downloads: Arc<watch::Sender<usize>>,
 }
 
 impl Default for CurrentConnection {
@@ -111,7 +114,29 @@ impl CurrentConnection {
         CurrentConnection {
             slot: Arc::new(watch::Sender::new(None)),
             wait,
+            downloads: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Context downloads in progress.
+    pub fn downloads(&self) -> usize {
+        *self.downloads.borrow()
+    }
+
+    /// `body`, counted as a download in progress until it is dropped.
+    fn track<R>(&self, body: R) -> Tracked<R> {
+        self.downloads.send_modify(|n| *n += 1);
+        Tracked {
+            inner: body,
+            downloads: self.downloads.clone(),
+        }
+    }
+
+    /// Resolves once no context download is in progress.
+    pub(crate) async fn downloads_done(&self) {
+        let mut rx = self.downloads.subscribe();
+        // The sender lives in `self`: the channel cannot close under us.
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// The session's connection (`None` when it ends).
@@ -147,7 +172,7 @@ impl CurrentConnection {
                     let _ = send.finish();
                     return Ok(ContextDownload {
                         size,
-                        body: Box::new(recv),
+                        body: Box::new(self.track(recv)),
                     });
                 }
                 Ok((CoordinatorToAgent::Rejected { reason, .. }, _, _)) => {
@@ -173,6 +198,28 @@ impl CurrentConnection {
                 Err(e) => return Err(FetchError::Failed(e.to_string())),
             }
         }
+    }
+}
+
+/// A download's stream, counted in [`CurrentConnection::downloads`] until dropped.
+struct Tracked<R> {
+    inner: R,
+    downloads: Arc<watch::Sender<usize>>,
+}
+
+impl<R> Drop for Tracked<R> {
+    fn drop(&mut self) {
+        self.downloads.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Tracked<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -430,6 +477,34 @@ mod tests {
             "the build context stream ended after 600 of 1000 bytes"
         );
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn downloads_in_progress_are_counted_until_dropped() {
+        let conn = CurrentConnection::default();
+        assert_eq!(conn.downloads(), 0);
+        tokio::time::timeout(Duration::from_secs(1), conn.downloads_done())
+            .await
+            .expect("none in progress");
+        let mut first = conn.track(&b"abc"[..]);
+        let second = conn.track(&b"def"[..]);
+        assert_eq!(conn.downloads(), 2);
+        let mut text = String::new();
+        first.read_to_string(&mut text).await.expect("read");
+        assert_eq!(text, "abc");
+        drop(first);
+        assert_eq!(conn.downloads(), 1);
+        let waiter = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.downloads_done().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "one download is still in progress");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("done once the last one ended")
+            .expect("task");
     }
 
     #[tokio::test]

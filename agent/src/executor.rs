@@ -29,7 +29,7 @@ use std::sync::Arc;
 use helix_context::ContextError;
 use helix_protocol::wire::{Assignment, JobOutcome, PinnedSource};
 use helix_protocol::{Digest, FailureKind, ImageRef, ImageResult, JobFailure};
-use helix_registry::{Registry, RegistryError};
+use helix_registry::{OciLayout, Registry, RegistryError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -39,6 +39,7 @@ use crate::builder::{
 };
 use crate::context::{self, Cancellable, ContextFetcher, MAX_CONTEXT_BYTES, UNPACK_LIMITS};
 use crate::joblog::JobLog;
+use crate::metrics::{Metrics, ResultLabel};
 use crate::results::{key_name, JobKey};
 
 /// The work dir's file holding the job's output.
@@ -135,6 +136,7 @@ pub struct Executor {
     builder: Arc<dyn Builder>,
     pusher: Arc<dyn ImagePusher>,
     contexts: Arc<dyn ContextFetcher>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Executor {
@@ -151,7 +153,14 @@ impl Executor {
             builder,
             pusher,
             contexts,
+            metrics: None,
         }
+    }
+
+    /// The same executor, recording builder durations and pushed bytes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Executor {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// `DATA/work`.
@@ -261,11 +270,22 @@ impl Executor {
         };
         log.line(&format!("==> building with {}", self.builder.name()))
             .await;
-        let built = self
-            .builder
-            .build(&req, log, cancel)
-            .await
-            .map_err(classify_build)?;
+        let build_started = std::time::Instant::now();
+        let built = self.builder.build(&req, log, cancel).await;
+        if let Some(metrics) = &self.metrics {
+            let result = match &built {
+                Ok(_) => "succeeded",
+                Err(BuildError::Cancelled) => "cancelled",
+                Err(_) => "failed",
+            };
+            metrics
+                .builder_duration
+                .get_or_create(&ResultLabel {
+                    result: result.to_string(),
+                })
+                .observe(build_started.elapsed().as_secs_f64());
+        }
+        let built = built.map_err(classify_build)?;
 
         let repository = a.destination.repository_ref();
         log.line(&format!("==> pushing to {repository} by digest"))
@@ -288,6 +308,11 @@ impl Executor {
             pushed.digest, pushed.size, pushed.media_type
         ))
         .await;
+        if let Some(metrics) = &self.metrics {
+            if let Some(bytes) = layout_bytes(&built.layout_dir, &built.name_in_layout).await {
+                metrics.push_bytes.inc_by(bytes);
+            }
+        }
         Ok(pushed)
     }
 
@@ -454,6 +479,27 @@ impl Executor {
         ))
         .await;
         Ok(())
+    }
+}
+
+/// The bytes of the image `name` in the OCI layout at `dir`: its manifest, config
+/// and layers (each blob once), as their descriptors state them.
+async fn layout_bytes(dir: &Path, name: &str) -> Option<u64> {
+    let (dir, name) = (dir.to_path_buf(), name.to_string());
+    let read = tokio::task::spawn_blocking(move || {
+        let image = OciLayout::open(&dir)?.image(Some(&name))?;
+        Ok::<_, helix_registry::LayoutError>(
+            image.manifest.size + image.blobs().iter().map(|b| b.size).sum::<u64>(),
+        )
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => Some(bytes),
+        Ok(Err(e)) => {
+            warn!("cannot count the pushed bytes: {e}");
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -16,6 +16,7 @@
 //! coordinator recorded every result.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,7 +97,8 @@ struct Inner {
     executor: Executor,
     results: ResultStore,
     platforms: Vec<Platform>,
-    capacity: u32,
+    /// Changed live on SIGHUP ([`Jobs::set_capacity`]).
+    capacity: AtomicU32,
     state: Mutex<State>,
     tracker: TaskTracker,
     notices: mpsc::UnboundedSender<Notice>,
@@ -132,7 +134,7 @@ impl Jobs {
                 executor,
                 results,
                 platforms,
-                capacity,
+                capacity: AtomicU32::new(capacity),
                 state: Mutex::new(State::default()),
                 tracker: TaskTracker::new(),
                 notices: tx,
@@ -286,6 +288,17 @@ impl Jobs {
         self.state().running.contains_key(key)
     }
 
+    /// How many jobs the agent runs at once.
+    pub fn capacity(&self) -> u32 {
+        self.inner.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Change the capacity (a reloaded configuration). Running jobs go on even above
+    /// a lowered capacity; new ones are taken only below it.
+    pub fn set_capacity(&self, capacity: u32) {
+        self.inner.capacity.store(capacity, Ordering::Relaxed);
+    }
+
     /// Jobs running now, cancelled or not.
     pub fn running(&self) -> usize {
         self.state().running.len()
@@ -334,10 +347,10 @@ impl Jobs {
         }
         // Jobs being cancelled are only winding down: they do not hold a slot.
         let busy = state.running.values().filter(|r| r.why.is_none()).count();
-        if busy >= usize::try_from(self.inner.capacity).unwrap_or(usize::MAX) {
+        let capacity = self.capacity();
+        if busy >= usize::try_from(capacity).unwrap_or(usize::MAX) {
             return refuse(format!(
-                "this agent has no free slot: it runs {busy} job(s), its capacity is {}",
-                self.inner.capacity
+                "this agent has no free slot: it runs {busy} job(s), its capacity is {capacity}"
             ));
         }
         let log = JobLog::new(self.inner.executor.log_path(&key));
@@ -405,6 +418,11 @@ impl Jobs {
             let _ = self.inner.notices.send(Notice::Draining);
         }
         state.running.len()
+    }
+
+    /// Whether a drain started.
+    pub fn is_draining(&self) -> bool {
+        self.state().draining.is_some()
     }
 
     /// While draining, how long the running jobs have left.

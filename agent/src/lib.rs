@@ -11,6 +11,8 @@
 //!   [`CertInfo`], what the agent reads from its certificate.
 //! - [`host`]: the host's name and the platforms it builds natively.
 //! - [`join`](mod@join): [`join()`], enrolment with a token that pins the cluster CA.
+//! - [`enrol`]: [`enrol::enrol_if_needed`], enrolment on the first `run` from a
+//!   0600 `join-token-file` (deleted afterwards) or `HELIX_JOIN_TOKEN`.
 //! - [`backoff`]: [`Backoff`], reconnect delays with jitter.
 //! - [`renewal`]: when to renew ([`renewal_deadline`]) and [`PendingRenewal`], checking
 //!   the renewed certificate.
@@ -30,26 +32,37 @@
 //! - [`results`]: [`ResultStore`], finished results kept on disk until acknowledged.
 //! - [`jobs`]: [`Jobs`], the running jobs and held results, outliving connections;
 //!   admission, cancel, and the drain.
-//! - [`run`](mod@run): [`run()`], start-up checks, then the connection lifecycle loop (connect
-//!   → handshake → session → back off → again), the drain on shutdown, and
-//!   [`RunError`].
+//! - [`service`]: [`service::ServiceManager`], what systemd is told (`READY=1`,
+//!   `STOPPING=1`, the `STATUS=` line), and [`service::status_line`].
+//! - [`metrics`]: [`metrics::Metrics`], the Prometheus metrics, and their optional
+//!   `/metrics` listener.
+//! - [`run`](mod@run): [`run()`], start-up checks and enrolment, then the connection
+//!   lifecycle loop (connect → handshake → session → back off → again), live
+//!   settings ([`run::LiveSettings`], from a reloaded configuration), the drain on
+//!   shutdown, and [`RunError`].
 //! - `session` (private): one connection: `Hello` with the held jobs, the control
 //!   stream (assign, cancel, ack, reports, `Draining`), log streams, renewal,
 //!   `GoingAway`.
+//! - [`doctor`]: [`doctor::diagnose`], the checks of `helix-agent doctor`, on a
+//!   [`doctor::Machine`].
 
 pub mod backoff;
 pub mod builder;
 pub mod context;
 pub mod datadir;
+pub mod doctor;
+pub mod enrol;
 pub mod executor;
 pub mod host;
 pub mod identity;
 pub mod joblog;
 pub mod jobs;
 pub mod join;
+pub mod metrics;
 pub mod renewal;
 pub mod results;
 pub mod run;
+pub mod service;
 mod session;
 
 pub use backoff::Backoff;
@@ -62,7 +75,7 @@ pub use jobs::Jobs;
 pub use join::{join, JoinError, JoinOptions};
 pub use renewal::{renewal_deadline, PendingRenewal, RenewalError};
 pub use results::ResultStore;
-pub use run::{run, RunError, RunOptions};
+pub use run::{run, LiveSettings, RunContext, RunError, RunOptions};
 
 #[cfg(test)]
 mod test_support {

@@ -1,14 +1,25 @@
-//! `helix-agent`: parse arguments, set up logging, run, map errors to exit codes
-//! (0 success, 1 failure, 2 bad usage or input).
+//! `helix-agent`: parse arguments and the configuration, set up logging, run, map
+//! errors to exit codes (0 success, 1 failure, 2 bad usage, input or configuration).
 
 mod cli;
 mod commands;
-
-use clap::Parser;
+mod config;
+mod logging;
+mod reload;
 
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
-    init_tracing(&args.log_level);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let resolved = match config::parse(argv.clone()) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let log = logging::init(&resolved.cli.log_level, &resolved.cli.log_format);
+    if !matches!(resolved.cli.command, cli::Command::Run(_)) {
+        restore_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -19,7 +30,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(args)) {
+    match runtime.block_on(commands::run(resolved, argv, log)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -28,15 +39,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs go to stderr; RUST_LOG overrides `--log-level`.
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // No colour codes in a service's journal or a redirected log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// `config check` and `doctor` are often piped (`| head`, `| jq`): let a closed pipe
+/// end the process quietly, as it does for other Unix tools, instead of a panic in
+/// `println!`. `run` keeps Rust's default (SIGPIPE ignored), so a closed log pipe is
+/// an error it handles, not a silent death.
+fn restore_sigpipe() {
+    #[allow(unsafe_code)]
+    // SAFETY: signal(2) with SIG_DFL installs no handler code; it runs before any
+    // thread is started, so nothing races with it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

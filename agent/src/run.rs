@@ -1,9 +1,17 @@
-//! `helix-agent run`: start-up checks (enrolment, the builder), the job set, then the
+//! `helix-agent run`: start-up checks (options, the data dir and its lock, the
+//! builder), enrolment with the join token if the data dir holds no identity yet
+//! ([`crate::enrol`]), the job set, the metrics listener, then `READY=1` and the
 //! connection lifecycle as a loop of plain async functions, connect → handshake →
 //! session → back off with jitter → again, until a shutdown is requested or the
-//! coordinator says retrying cannot help.
+//! coordinator says retrying cannot help. `READY=1` does not wait for the
+//! coordinator: a service start must not hang while it is down.
 //!
-//! Shutdown is a drain (SIGTERM, SIGINT), in this order, while the sessions go on (a
+//! New [`LiveSettings`] (capacity, labels; a reloaded configuration) end the session
+//! once no build context download depends on it, and the agent reconnects at once, so
+//! that the next `Hello` tells the coordinator; running jobs go on across it, as
+//! across any reconnect.
+//!
+//! Shutdown is a drain (SIGTERM, SIGINT; `STOPPING=1`), in this order, while the sessions go on (a
 //! lost connection is re-established meanwhile):
 //! 1. refuse new assignments and tell the coordinator `Draining { deadline_secs }`;
 //! 2. let the running jobs finish, for at most the drain deadline; then cancel the
@@ -16,6 +24,7 @@
 //! A second signal makes the binary kill every builder and exit at once.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +35,7 @@ use helix_transport::tls::{self, TlsError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
@@ -34,10 +43,14 @@ use crate::backoff::Backoff;
 use crate::builder::{self, process, BuilderKind, BuilderUnavailable, ProcessRunner};
 use crate::context::CurrentConnection;
 use crate::datadir::{DataDir, DataDirError};
+use crate::enrol::{self, EnrolError, EnrolOptions, JoinTokenConfig};
 use crate::executor::Executor;
 use crate::identity::{AgentIdentity, IdentityError};
 use crate::jobs::{Jobs, Notice};
+use crate::join;
+use crate::metrics::{self, Metrics};
 use crate::results::{create_private_dir, ResultStore};
+use crate::service::{status_line, Phase, ServiceEvent, ServiceManager, Systemd};
 use crate::session::{self, SessionConfig, SessionEnd};
 
 /// What `run` needs.
@@ -64,6 +77,39 @@ pub struct RunOptions {
     /// How long running jobs may go on once a drain started (SIGTERM); the ones still
     /// running then are cancelled and retried elsewhere.
     pub drain_deadline: Duration,
+    /// The agent's name if it enrols now [default: the host name].
+    pub name: Option<String>,
+    /// The join token to enrol with when the data dir holds no identity yet.
+    pub join_token: JoinTokenConfig,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// What may change while the agent runs (SIGHUP): the coordinator learns it from the
+/// `Hello` of a new session, so a change closes the session and reconnects at once
+/// (running jobs go on across it, as across any reconnect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSettings {
+    pub capacity: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Who `run` reports to and listens to, besides its options.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// Told `READY=1`, `STOPPING=1` and status lines.
+    pub service: Arc<dyn ServiceManager>,
+    /// New [`LiveSettings`] (a reloaded configuration); `None`: they never change.
+    pub live: Option<watch::Receiver<LiveSettings>>,
+}
+
+impl Default for RunContext {
+    fn default() -> Self {
+        RunContext {
+            service: Arc::new(Systemd),
+            live: None,
+        }
+    }
 }
 
 /// How long a drained agent waits for the coordinator to acknowledge its results
@@ -99,6 +145,15 @@ pub enum RunError {
     /// The data directory's job areas could not be set up.
     #[error("cannot prepare {path}: {reason}")]
     Setup { path: String, reason: String },
+    /// Enrolment with the join token failed.
+    #[error(transparent)]
+    Enrol(#[from] EnrolError),
+    /// The metrics listener could not be opened.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -109,12 +164,70 @@ impl RunError {
             RunError::InvalidOption(_)
                 | RunError::Builder(_)
                 | RunError::DataDir(DataDirError::NotJoined { .. })
-        )
+        ) || matches!(self, RunError::Enrol(e) if e.is_usage())
     }
 }
 
-/// Run the agent until `shutdown` is cancelled (`Ok`) or a fatal refusal (`Err`).
-pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Run the agent until `shutdown` is cancelled (`Ok`) or a fatal refusal (`Err`):
+/// start-up checks, enrolment if the data dir holds no identity yet, then the session
+/// loop, with `READY=1` once it runs (connected or not).
+pub async fn run(
+    opts: RunOptions,
+    ctx: RunContext,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let service = ctx.service.clone();
+    if opts.platforms.is_empty() {
+        return Err(RunError::InvalidOption(
+            "no platform to advertise (give --platform, e.g. linux/amd64)".into(),
+        ));
+    }
+    let keep_alive = keep_alive_for(opts.idle_timeout)?;
+    check_data_dir_path(&opts.data_dir, opts.builder)?;
+    if !opts.data_dir.is_joined() {
+        // Refuse an unusable token or a missing coordinator before anything is created.
+        if enrol::read_token(&opts.join_token)?.is_none() {
+            return Err(EnrolError::NoToken {
+                dir: opts.data_dir.root().display().to_string(),
+            }
+            .into());
+        }
+        if opts.coordinator.is_none() {
+            return Err(EnrolError::NoCoordinator.into());
+        }
+        opts.data_dir.create()?;
+    }
+    // `_lock` keeps the data dir locked until `run` returns.
+    let _lock = lock_data_dir(&opts.data_dir)?;
+    let version = builder::check_installed(opts.builder.name()).await?;
+    info!("builder: {version}");
+
+    let enrol_opts = EnrolOptions {
+        coordinator: opts.coordinator.clone(),
+        name: opts.name.clone(),
+        token: opts.join_token.clone(),
+    };
+    let enrolling_with = opts.coordinator.clone().unwrap_or_default();
+    let enrolled = enrol::enrol_if_needed(
+        &opts.data_dir,
+        &enrol_opts,
+        &shutdown,
+        |attempt| {
+            service.tell(ServiceEvent::Status(status_line(
+                &enrolling_with,
+                Phase::Enrolling { attempt },
+                0,
+                0,
+            )));
+        },
+        |join_opts| async move { join::join(&join_opts).await },
+    )
+    .await?;
+    if enrolled.is_none() {
+        info!("stopped before enrolment finished");
+        return Ok(());
+    }
+
     let enrollment = opts.data_dir.load_enrollment()?;
     let ca_pem = opts.data_dir.load_ca()?;
     let identity = load_identity(&opts.data_dir)?;
@@ -125,15 +238,24 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
             identity.info().agent_id
         );
     }
-    if opts.platforms.is_empty() {
-        return Err(RunError::InvalidOption(
-            "no platform to advertise (give --platform, e.g. linux/amd64)".into(),
-        ));
-    }
-    let keep_alive = keep_alive_for(opts.idle_timeout)?;
-    // `_lock` keeps the data dir locked until `run` returns.
+    let metrics = Arc::new(Metrics::new(opts.builder.name()));
     let connection = CurrentConnection::default();
-    let (jobs, mut notices, _lock) = setup_jobs(&opts, &connection).await?;
+    let (jobs, mut notices) = setup_jobs(&opts, &connection, metrics.clone()).await?;
+    {
+        let jobs = jobs.clone();
+        metrics.set_refresh(move |m| {
+            m.running_jobs
+                .set(i64::try_from(jobs.running()).unwrap_or(i64::MAX));
+            m.capacity.set(i64::from(jobs.capacity()));
+        });
+    }
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+    if let Some(addr) = opts.metrics_listen {
+        metrics::serve(addr, metrics.clone(), background.clone())
+            .await
+            .map_err(|source| RunError::Metrics { addr, source })?;
+    }
     let coordinator = opts
         .coordinator
         .clone()
@@ -147,6 +269,17 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         builder: opts.builder.name().to_string(),
         held: Vec::new(),
     };
+    // Without a reload source the settings stay as given; the sender lives as long
+    // as `run`, so the sessions never see the channel close.
+    let (_fixed, fixed) = watch::channel(LiveSettings {
+        capacity: opts.capacity,
+        labels: opts.labels.clone(),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting { attempt: 1 });
+    let observer = Observer {
+        phase: phase_tx,
+        metrics: metrics.clone(),
+    };
     let config = SessionConfig {
         coordinator: &coordinator,
         ca_pem: &ca_pem,
@@ -154,8 +287,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         idle_timeout: opts.idle_timeout,
         keep_alive,
         hello: &hello,
+        live: ctx.live.clone().unwrap_or(fixed),
         jobs: &jobs,
         connection: &connection,
+        observer: &observer,
     };
     let platforms: Vec<String> = opts.platforms.iter().map(ToString::to_string).collect();
     let span = tracing::info_span!("agent", agent = %identity.info().agent_id);
@@ -170,6 +305,14 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         "helix-agent {} starting; coordinator {coordinator}",
         env!("CARGO_PKG_VERSION"),
     );
+    tokio::spawn(publish_status(
+        service.clone(),
+        coordinator.clone(),
+        phase_rx,
+        jobs.clone(),
+        background.clone(),
+    ));
+    service.tell(ServiceEvent::Ready);
     serve_until_shutdown(
         &config,
         &opts.data_dir,
@@ -177,9 +320,43 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> Result<(), Ru
         &mut notices,
         &shutdown,
         opts.drain_deadline,
+        service.as_ref(),
     )
     .instrument(span)
     .await
+}
+
+/// What the session loop reports as it goes: its phase (for the status line) and
+/// the connection metrics.
+#[derive(Debug)]
+pub(crate) struct Observer {
+    pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Keeps the service manager's status line current: on every phase change, and
+/// every second for the job counts.
+async fn publish_status(
+    service: Arc<dyn ServiceManager>,
+    coordinator: String,
+    mut phase: watch::Receiver<Phase>,
+    jobs: Jobs,
+    stop: CancellationToken,
+) {
+    let mut last = String::new();
+    loop {
+        let current = *phase.borrow_and_update();
+        let line = status_line(&coordinator, current, jobs.running(), jobs.unacked_count());
+        if line != last {
+            service.tell(ServiceEvent::Status(line.clone()));
+            last = line;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = phase.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Runs the connection lifecycle until `shutdown`; then drains the jobs while the
@@ -192,6 +369,7 @@ async fn serve_until_shutdown(
     notices: &mut mpsc::UnboundedReceiver<Notice>,
     shutdown: &CancellationToken,
     drain_deadline: Duration,
+    service: &dyn ServiceManager,
 ) -> Result<(), RunError> {
     let stop_sessions = CancellationToken::new();
     let life = lifecycle(config, dir, &stop_sessions, notices);
@@ -205,6 +383,8 @@ async fn serve_until_shutdown(
         jobs.shutdown().await;
         return result;
     }
+    service.tell(ServiceEvent::Stopping);
+    config.observer.phase.send_replace(Phase::Draining);
     let stopping = async {
         drain(jobs, drain_deadline).await;
         stop_sessions.cancel();
@@ -253,15 +433,8 @@ async fn drain(jobs: &Jobs, deadline: Duration) {
     }
 }
 
-/// Locks the data dir, checks the builder, stops builds a killed agent left, prepares
-/// the job areas of the data dir, recovers results an earlier run left, and builds the
-/// job set.
-async fn setup_jobs(
-    opts: &RunOptions,
-    connection: &CurrentConnection,
-) -> Result<(Jobs, mpsc::UnboundedReceiver<Notice>, std::fs::File), RunError> {
-    let dir = &opts.data_dir;
-    let kind = opts.builder;
+/// Refuses a data dir path the builders cannot use.
+fn check_data_dir_path(dir: &DataDir, kind: BuilderKind) -> Result<(), RunError> {
     // The builders name the layout `oci:DIR:NAME`: a ':' in DIR would cut it short.
     if dir.root().to_string_lossy().contains(':') {
         return Err(RunError::InvalidOption(format!(
@@ -270,9 +443,19 @@ async fn setup_jobs(
             kind.name()
         )));
     }
-    let lock = lock_data_dir(dir)?;
-    let version = builder::check_installed(kind.name()).await?;
-    info!("builder: {version}");
+    Ok(())
+}
+
+/// Stops builds a killed agent left, prepares the job areas of the data dir, recovers
+/// results an earlier run left, and builds the job set. The data dir is locked and
+/// the builder checked already.
+async fn setup_jobs(
+    opts: &RunOptions,
+    connection: &CurrentConnection,
+    metrics: Arc<Metrics>,
+) -> Result<(Jobs, mpsc::UnboundedReceiver<Notice>), RunError> {
+    let dir = &opts.data_dir;
+    let kind = opts.builder;
     for path in [dir.work(), dir.results(), dir.storage()] {
         create_private_dir(&path).map_err(|e| RunError::Setup {
             path: path.display().to_string(),
@@ -296,7 +479,8 @@ async fn setup_jobs(
         builder,
         Arc::new(registry),
         Arc::new(connection.clone()),
-    );
+    )
+    .with_metrics(metrics);
     let (jobs, notices) = Jobs::new(
         executor,
         ResultStore::new(dir.results()),
@@ -304,7 +488,7 @@ async fn setup_jobs(
         opts.capacity,
     );
     jobs.recover().await;
-    Ok((jobs, notices, lock))
+    Ok((jobs, notices))
 }
 
 /// Takes `DATA/run.lock`, so that a second agent on the same data dir (same identity,
@@ -347,10 +531,25 @@ async fn lifecycle(
         // Read it again every time: a renewal replaced it.
         let identity = load_identity(dir)?;
         attempt = attempt.saturating_add(1);
+        if attempt > 1 {
+            config.observer.metrics.reconnects.inc();
+        }
+        if !config.jobs.is_draining() {
+            config
+                .observer
+                .phase
+                .send_replace(Phase::Connecting { attempt });
+        }
         let (reason, connected_for) =
             match session::connect_and_serve(config, identity, shutdown, notices).await {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Fatal(e) => return Err(e),
+                SessionEnd::Reconfigured => {
+                    // A new Hello carries the new settings; no backoff.
+                    attempt = 0;
+                    backoff.reset();
+                    continue;
+                }
                 SessionEnd::Lost {
                     reason,
                     connected_for,
@@ -359,6 +558,11 @@ async fn lifecycle(
         if let Some(lasted) = connected_for {
             backoff.reset_after(lasted);
             attempt = 1;
+        }
+        if !config.jobs.is_draining() {
+            config.observer.phase.send_replace(Phase::Connecting {
+                attempt: attempt + 1,
+            });
         }
         let delay = backoff.next_delay();
         warn!(

@@ -20,7 +20,7 @@ use helix_transport::connect::{self, describe_close, ConnectError};
 use helix_transport::framed::{self, StreamError};
 use helix_transport::tls;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,8 @@ use crate::jobs::{AssignReply, Jobs, Notice};
 use crate::join::variant_name;
 use crate::renewal::{renewal_deadline, retry_delay, PendingRenewal};
 use crate::results::JobKey;
-use crate::run::{rfc3339, RunError};
+use crate::run::{rfc3339, LiveSettings, Observer, RunError};
+use crate::service::Phase;
 
 /// How long the coordinator may take to answer `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,19 +56,34 @@ pub(crate) struct SessionConfig<'a> {
     pub(crate) identity_path: PathBuf,
     pub(crate) idle_timeout: Duration,
     pub(crate) keep_alive: Duration,
-    /// `Hello` without its `held` list, which is filled in at each connect.
+    /// `Hello` without its `held` list, which is filled in at each connect, and with
+    /// the capacity and labels [`SessionConfig::live`] replaces.
     pub(crate) hello: &'a AgentToCoordinator,
+    /// The capacity and labels now; a change ends the session so that the next
+    /// `Hello` carries them.
+    pub(crate) live: watch::Receiver<LiveSettings>,
     pub(crate) jobs: &'a Jobs,
     /// Where the live connection is published for the jobs' context downloads.
     pub(crate) connection: &'a CurrentConnection,
+    pub(crate) observer: &'a Observer,
 }
 
 impl SessionConfig<'_> {
-    /// `Hello` with the jobs held right now.
-    fn hello(&self) -> AgentToCoordinator {
+    /// `Hello` with the jobs held right now and `settings`, which also become the
+    /// job set's capacity: what the coordinator is told is what the agent admits.
+    fn hello(&self, settings: &LiveSettings) -> AgentToCoordinator {
+        self.jobs.set_capacity(settings.capacity);
         let mut hello = self.hello.clone();
-        if let AgentToCoordinator::Hello { held, .. } = &mut hello {
+        if let AgentToCoordinator::Hello {
+            held,
+            capacity,
+            labels,
+            ..
+        } = &mut hello
+        {
             *held = self.jobs.held();
+            *capacity = settings.capacity;
+            labels.clone_from(&settings.labels);
         }
         hello
     }
@@ -86,6 +102,9 @@ pub(crate) enum SessionEnd {
     },
     /// Retrying cannot help.
     Fatal(RunError),
+    /// The capacity or labels changed: the connection was closed so that a new
+    /// session tells the coordinator.
+    Reconfigured,
 }
 
 fn lost(reason: String) -> SessionEnd {
@@ -112,7 +131,9 @@ pub(crate) async fn connect_and_serve(
         },
     };
 
-    let hello = config.hello();
+    let mut live = config.live.clone();
+    let settings = live.borrow_and_update().clone();
+    let hello = config.hello(&settings);
     let handshake = tokio::select! {
         biased;
         () = shutdown.cancelled() => None,
@@ -151,10 +172,15 @@ pub(crate) async fn connect_and_serve(
             };
             session.schedule_renewal();
             config.connection.set(Some(conn.clone()));
+            config.observer.metrics.set_connected(true);
+            if !config.jobs.is_draining() {
+                config.observer.phase.send_replace(Phase::Connected);
+            }
             let served = match session.resume().await {
-                Ok(()) => session.serve(recv, shutdown, notices).await,
+                Ok(()) => session.serve(recv, shutdown, notices, &mut live).await,
                 Err(e) => ended(&conn, addr, &e),
             };
+            config.observer.metrics.set_connected(false);
             config.connection.set(None);
             match served {
                 SessionEnd::Lost { reason, .. } => SessionEnd::Lost {
@@ -165,10 +191,18 @@ pub(crate) async fn connect_and_serve(
             }
         }
     };
-    if !matches!(end, SessionEnd::Lost { .. }) {
-        // Shutdown or fatal: make sure the coordinator hears the close before we exit.
-        conn.close(close::NORMAL.into(), b"shutting down");
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
+    match end {
+        SessionEnd::Lost { .. } => {}
+        SessionEnd::Reconfigured => {
+            // Not `GoingAway`: the agent is back at once, and its jobs go on.
+            conn.close(close::NORMAL.into(), b"reconfigured; reconnecting");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
+        }
+        SessionEnd::Shutdown | SessionEnd::Fatal(_) => {
+            // Make sure the coordinator hears the close before we exit.
+            conn.close(close::NORMAL.into(), b"shutting down");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
+        }
     }
     end
 }
@@ -347,9 +381,13 @@ impl Session<'_> {
         recv: quinn::RecvStream,
         shutdown: &CancellationToken,
         notices: &mut mpsc::UnboundedReceiver<Notice>,
+        live: &mut watch::Receiver<LiveSettings>,
     ) -> SessionEnd {
         let addr = self.config.coordinator;
         let mut reading = Box::pin(next_frame(recv));
+        // New capacity or labels: reconnect as soon as no build context download
+        // depends on this connection.
+        let mut reconfigure = false;
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -364,6 +402,29 @@ impl Session<'_> {
                     if let Err(e) = self.on_notice(notice).await {
                         return ended(self.conn, addr, &e);
                     }
+                }
+                Ok(()) = live.changed(), if !reconfigure => {
+                    let settings = live.borrow().clone();
+                    reconfigure = true;
+                    let downloads = self.config.connection.downloads();
+                    if downloads == 0 {
+                        info!(
+                            capacity = settings.capacity,
+                            labels = ?settings.labels,
+                            "new capacity or labels: reconnecting so that the coordinator learns them"
+                        );
+                    } else {
+                        info!(
+                            capacity = settings.capacity,
+                            labels = ?settings.labels,
+                            "new capacity or labels: reconnecting so that the coordinator learns them, once the {downloads} build context download(s) in progress end"
+                        );
+                    }
+                }
+                () = self.config.connection.downloads_done(), if reconfigure => {
+                    // The results of jobs that just ended go out before the close.
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.flush_notices(notices)).await;
+                    return SessionEnd::Reconfigured;
                 }
                 (recv, frame) = &mut reading => {
                     match frame {

@@ -143,7 +143,11 @@ pub enum BuilderUnavailable {
 
 /// Checks that `program` exists and runs; returns its version line.
 pub async fn check_installed(program: &'static str) -> Result<String, BuilderUnavailable> {
-    let output = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    for name in super::process::PRIVATE_ENV {
+        command.env_remove(name);
+    }
+    let output = command
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -44,6 +44,11 @@ const TAIL_BYTES: usize = 16 * 1024;
 /// Lines of output an error message quotes.
 pub const TAIL_LINES: usize = 20;
 
+/// The agent's own environment variables that its commands must not inherit: the
+/// join token is a secret, and the service manager's socket is for the agent alone
+/// (podman acts on `NOTIFY_SOCKET`).
+pub const PRIVATE_ENV: [&str; 2] = ["HELIX_JOIN_TOKEN", "NOTIFY_SOCKET"];
+
 /// Process groups of commands that are running now.
 static LIVE_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
@@ -234,6 +239,9 @@ impl ProcessRunner {
         let (reader, writer) = io::pipe().map_err(spawn_err)?;
         let writer2 = writer.try_clone().map_err(spawn_err)?;
         let mut command = tokio::process::Command::new(&cmd.program);
+        for name in PRIVATE_ENV {
+            command.env_remove(name);
+        }
         command
             .args(&cmd.args)
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))

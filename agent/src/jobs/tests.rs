@@ -369,3 +369,36 @@ async fn an_idle_agent_drains_at_once() {
     let f = refusal(jobs.assign(assignment("linux/amd64")));
     assert_eq!(f.message, "the agent is shutting down");
 }
+
+#[tokio::test]
+async fn a_reloaded_capacity_applies_to_the_next_assignment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (jobs, mut rx) = jobs_in(tmp.path(), hanging(), 1);
+    assert_eq!(jobs.capacity(), 1);
+    assert!(matches!(
+        jobs.assign(assignment("linux/amd64")),
+        AssignReply::Accepted(_)
+    ));
+    let _started = next(&mut rx).await;
+    let f = refusal(jobs.assign(assignment("linux/amd64")));
+    assert!(f.message.contains("its capacity is 1"), "{}", f.message);
+
+    jobs.set_capacity(2);
+    assert!(matches!(
+        jobs.assign(assignment("linux/amd64")),
+        AssignReply::Accepted(_)
+    ));
+    let _started = next(&mut rx).await;
+    assert_eq!(jobs.running(), 2);
+
+    // Lowered below what runs: the running jobs go on, nothing new is taken.
+    jobs.set_capacity(1);
+    assert_eq!(jobs.running(), 2);
+    let f = refusal(jobs.assign(assignment("linux/amd64")));
+    assert!(
+        f.message.contains("it runs 2 job(s), its capacity is 1"),
+        "{}",
+        f.message
+    );
+    jobs.shutdown().await;
+}

@@ -290,3 +290,20 @@ async fn builds_left_by_a_dead_agent_are_stopped_at_start_up() {
     let _ = unrelated.wait();
     assert_eq!(process_group_of("12 (a) b) S 1 77 77 0"), Some(77));
 }
+
+#[tokio::test]
+async fn commands_do_not_inherit_the_join_token() {
+    // Only this test sets the variable.
+    std::env::set_var("HELIX_JOIN_TOKEN", "secret-from-the-environment");
+    let (task, _cancel, sink) = start(
+        ProcessRunner::new(Duration::from_secs(1)),
+        sh("echo \"[${HELIX_JOIN_TOKEN-unset}] [${NOTIFY_SOCKET-unset}]\""),
+    );
+    let done = task.await.expect("task").expect("ran");
+    std::env::remove_var("HELIX_JOIN_TOKEN");
+    assert!(done.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&sink.contents()).trim(),
+        "[unset] [unset]"
+    );
+}
