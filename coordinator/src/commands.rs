@@ -73,8 +73,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match resp? {
                 AdminResponse::Token { token, uses, .. } => {
                     eprintln!(
-                        "Join token valid for {} and {uses} use(s). On the agent host run:\n  helix-agent join --coordinator {} --token <TOKEN>",
+                        "Join token valid for {} and {uses} use(s). On the agent host, put it in a 0600 file named by\n  join-token-file in /etc/helix/agent.toml (with coordinator = \"{}\") and start helix-agent,\n  or run: helix-agent join --coordinator {} --token-file FILE",
                         humantime::format_duration(ttl),
+                        g.coordinator,
                         g.coordinator
                     );
                     println!("{token}");
