@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use. Keep this list in step with what tests start.
-PACKAGES=(git ca-certificates buildah podman skopeo docker-registry busybox-static iproute2 coreutils)
+PACKAGES=(git ca-certificates buildah podman skopeo docker-registry busybox-static iproute2 coreutils systemd dpkg-dev binutils adduser)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -350,9 +350,21 @@ impl Engine {
             })
             .count();
         self.observe(&outputs);
+        // Consecutive Persist outputs are committed together, in one transaction,
+        // just before the first output that acts on them: one fsync per step instead
+        // of one per record group, and still nothing is sent before it is durable.
+        let mut pending: Vec<crate::store::Record> = Vec::new();
         for output in outputs {
+            if let Output::Persist(records) = output {
+                pending.extend(records);
+                continue;
+            }
+            if !pending.is_empty() {
+                let records = std::mem::take(&mut pending);
+                self.store.run(move |s| s.commit(&records)).await?;
+            }
             match output {
-                Output::Persist(records) => self.store.run(move |s| s.commit(&records)).await?,
+                Output::Persist(_) => {}
                 Output::Send { agent, msg } => {
                     let tx = self
                         .shared
@@ -390,6 +402,9 @@ impl Engine {
                     let _ = self.done.send(build);
                 }
             }
+        }
+        if !pending.is_empty() {
+            self.store.run(move |s| s.commit(&pending)).await?;
         }
         if assigns > 0 {
             // From the event that made the jobs placeable to their assignments being

@@ -156,11 +156,11 @@ pub(crate) fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields
+        fields
             .get(i)
             .context("short /proc stat")?
             .parse::<f64>()
-            .context("malformed /proc stat value")?)
+            .context("malformed /proc stat value")
     };
     // USER_HZ is 100 on every Linux architecture this runs on (it is part of the ABI).
     Ok((ticks(11)? + ticks(12)?) / 100.0)

@@ -8,3 +8,4 @@ mod contexts;
 mod faults;
 mod metrics;
 mod raw;
+mod service;
