@@ -29,6 +29,13 @@ pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
     {
         return 2;
     }
+    // A data dir that was never initialized is a setup error: exit 2, so the unit's
+    // RestartPreventExitStatus=2 stops instead of retrying every few seconds.
+    if let Some(helix_coordinator::server::ServeError::NotInitialized(_)) =
+        e.downcast_ref::<helix_coordinator::server::ServeError>()
+    {
+        return 2;
+    }
     if let Some(ClientError::Refused { code, .. }) = e.downcast_ref::<ClientError>() {
         if matches!(
             code,
@@ -123,6 +130,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config_file = args.config.clone().or_else(|| {
+        let default = std::path::Path::new(crate::config::DEFAULT_CONFIG);
+        default.exists().then(|| default.to_path_buf())
+    });
+    let started_with = config_file
+        .as_deref()
+        .and_then(|f| crate::config::check(f).ok());
     let mut opts = ServeOptions::new(DataDir::new(&g.data_dir), args.listen);
     opts.agent_cert_ttl = args.agent_cert_ttl;
     opts.idle_timeout = args.idle_timeout;
@@ -147,10 +161,15 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let status = tokio::spawn(status_lines(server.status_source()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install the SIGTERM handler")?;
-    let failed = tokio::select! {
-        _ = tokio::signal::ctrl_c() => false,
-        _ = term.recv() => false,
-        () = server.failed() => true,
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("install the SIGHUP handler")?;
+    let failed = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break false,
+            _ = term.recv() => break false,
+            () = server.failed() => break true,
+            _ = hup.recv() => reload(config_file.as_deref(), started_with.as_ref()),
+        }
     };
     tracing::info!("shutting down");
     notify(&[
@@ -370,5 +389,38 @@ async fn status_lines(source: helix_coordinator::server::StatusSource) {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         let line = source.status().await;
         notify(&[sd_notify::NotifyState::Status(&line)]);
+    }
+}
+
+/// SIGHUP: re-read and check the configuration, and say what changed. Nothing the
+/// coordinator serves with can change under a running server yet (listen address,
+/// data dir, policies are fixed at start), so every change is reported as taking
+/// effect after a restart; an invalid file is reported and ignored, never fatal.
+fn reload(file: Option<&std::path::Path>, started_with: Option<&serde_json::Value>) {
+    let Some(file) = file else {
+        tracing::info!("SIGHUP: no configuration file to re-read");
+        return;
+    };
+    let now = match crate::config::check(file) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("SIGHUP: the configuration is invalid and was not applied: {e}");
+            return;
+        }
+    };
+    let changed: Vec<String> = match (now.as_object(), started_with.and_then(|v| v.as_object())) {
+        (Some(new), Some(old)) => new
+            .iter()
+            .filter(|(k, v)| old.get(*k).map(|o| &o["value"]) != Some(&v["value"]))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    if changed.is_empty() {
+        tracing::info!(file = %file.display(), "SIGHUP: configuration re-read, nothing changed");
+    } else {
+        for key in changed {
+            tracing::warn!("SIGHUP: changed {key}: takes effect after a restart");
+        }
     }
 }
