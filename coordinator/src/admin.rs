@@ -94,7 +94,7 @@ async fn serve_inner(conn: quinn::Connection, shared: Arc<Shared>, cancel: Cance
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
             stream = conn.accept_bi() => {
                 let Ok((send, recv)) = stream else { break };
-                requests.spawn(handle_stream(send, recv, shared.clone(), cancel.clone()));
+                requests.spawn(handle_stream(send, recv, shared.clone()));
             }
         }
     }
@@ -106,7 +106,6 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
-    _cancel: CancellationToken,
 ) {
     let request = match tokio::time::timeout(
         REQUEST_TIMEOUT,

@@ -29,11 +29,7 @@ const MAX_ADVERTISED: usize = 64;
 const SESSION_QUEUE: usize = 64;
 
 /// A connection without a client certificate: it may only join with a token.
-pub(crate) async fn serve_join(
-    conn: quinn::Connection,
-    shared: Arc<Shared>,
-    _cancel: CancellationToken,
-) {
+pub(crate) async fn serve_join(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     let (mut send, _recv, frame) = match first_frame(&conn).await {
         Ok(x) => x,
@@ -565,7 +561,7 @@ async fn receive_log(mut recv: quinn::RecvStream, agent: AgentId, shared: Arc<Sh
             }
         };
         if checked != Some((chunk.job, chunk.attempt)) {
-            if !shared.engine.holds(agent, chunk.job, chunk.attempt).await {
+            if !shared.engine.may_log(agent, chunk.job, chunk.attempt).await {
                 info!(%agent, job = %chunk.job, attempt = chunk.attempt, "dropped a log stream for a job the agent does not hold");
                 let _ = recv.stop(0u32.into());
                 return;

@@ -52,7 +52,7 @@ enum Msg {
         build: BuildId,
         reply: oneshot::Sender<Vec<String>>,
     },
-    Holds {
+    MayLog {
         agent: AgentId,
         job: JobId,
         attempt: u32,
@@ -106,11 +106,11 @@ impl EngineHandle {
         rx.await.unwrap_or_default()
     }
 
-    pub(crate) async fn holds(&self, agent: AgentId, job: JobId, attempt: u32) -> bool {
+    pub(crate) async fn may_log(&self, agent: AgentId, job: JobId, attempt: u32) -> bool {
         let (reply, rx) = oneshot::channel();
         if self
             .tx
-            .send(Msg::Holds {
+            .send(Msg::MayLog {
                 agent,
                 job,
                 attempt,
@@ -200,7 +200,6 @@ pub(crate) struct EngineInbox {
 /// Resume every active build from the store, then serve until `cancel`.
 pub(crate) async fn run(
     inbox: EngineInbox,
-    handle: EngineHandle,
     shared: Arc<Shared>,
     cfg: SchedulerConfig,
     cancel: CancellationToken,
@@ -214,7 +213,6 @@ pub(crate) async fn run(
         logs: shared.logs.clone(),
         assembler: shared.assembler.clone(),
         assemblies: JoinSet::new(),
-        handle,
         done,
     };
     match engine.store.run(|s| s.active_builds()).await {
@@ -273,8 +271,6 @@ struct Engine {
     logs: Arc<Logs>,
     assembler: Arc<Assembler>,
     assemblies: JoinSet<(BuildId, Result<Digest, String>)>,
-    #[allow(dead_code)]
-    handle: EngineHandle,
     done: broadcast::Sender<BuildId>,
 }
 
@@ -291,7 +287,7 @@ impl Engine {
                 let _ = reply.send(self.scheduler.notes(build));
                 Ok(())
             }
-            Msg::Holds {
+            Msg::MayLog {
                 agent,
                 job,
                 attempt,

@@ -924,12 +924,6 @@ impl Scheduler {
         )
     }
 
-    pub fn holds(&self, agent: AgentId, job: JobId, attempt: u32) -> bool {
-        self.jobs
-            .get(&job)
-            .is_some_and(|j| j.attempt() == attempt && j.state().agent() == Some(agent))
-    }
-
     /// The live copy of an active build and its jobs.
     pub fn active(&self, build_id: BuildId) -> Option<(Build, Vec<Job>)> {
         let build = self.builds.get(&build_id)?;

@@ -103,7 +103,7 @@ pub(crate) struct SessionHandle {
     /// Tells one connection of an agent from a newer one that replaced it.
     pub(crate) session: u64,
     pub(crate) conn: quinn::Connection,
-    #[allow(dead_code)] // Used by the scheduler to send assignments.
+    /// The engine's outbound messages to this agent (assignments, cancels, acks).
     pub(crate) tx: mpsc::Sender<CoordinatorToAgent>,
 }
 
@@ -213,7 +213,6 @@ impl Server {
         let fatal = CancellationToken::new();
         let engine_task = tokio::spawn(engine::run(
             inbox,
-            engine,
             shared.clone(),
             scheduler_cfg,
             cancel.child_token(),
@@ -478,7 +477,7 @@ async fn handle_connection(
     };
     let uris = tls::peer_identity_uris(&conn);
     if uris.is_empty() {
-        agent_session::serve_join(conn, shared, cancel).await;
+        agent_session::serve_join(conn, shared).await;
         return;
     }
     let identity = match Identity::from_uri_sans(&uris, &shared.cluster) {
