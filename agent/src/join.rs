@@ -255,6 +255,8 @@ pub(crate) fn variant_name(msg: &CoordinatorToAgent) -> &'static str {
         CoordinatorToAgent::Cancel { .. } => "Cancel",
         CoordinatorToAgent::Ack { .. } => "Ack",
         CoordinatorToAgent::ContextFollows { .. } => "ContextFollows",
+        CoordinatorToAgent::Redirect { .. } => "Redirect",
+        CoordinatorToAgent::Coordinators(_) => "Coordinators",
     }
 }
 

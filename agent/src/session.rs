@@ -615,7 +615,9 @@ impl Session<'_> {
             }
             other @ (CoordinatorToAgent::Welcome { .. }
             | CoordinatorToAgent::Joined { .. }
-            | CoordinatorToAgent::ContextFollows { .. }) => {
+            | CoordinatorToAgent::ContextFollows { .. }
+            | CoordinatorToAgent::Redirect { .. }
+            | CoordinatorToAgent::Coordinators(_)) => {
                 warn!(
                     "unexpected {} in a session; ignoring it",
                     variant_name(&other)

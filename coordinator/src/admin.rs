@@ -181,6 +181,7 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
             RejectCode::BadRequest,
             "Hello was already received on this connection",
         ),
+        AdminRequest::ClusterStatus => crate::leader::cluster_status(shared).await,
         AdminRequest::ListAgents => match shared.store.run(|s| s.agents()).await {
             Ok(records) => {
                 let snapshot = shared.engine.snapshot().await;

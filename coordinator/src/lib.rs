@@ -29,6 +29,7 @@ pub mod datadir;
 mod engine;
 pub mod git;
 pub mod init;
+mod leader;
 pub mod logs;
 pub mod metrics;
 pub mod scheduler;

@@ -51,6 +51,32 @@ pub struct ServeOptions {
     pub max_context_size: u64,
     /// Where to serve /metrics, /healthz and /readyz (None: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// The embedded redb database (default) or a PostgreSQL store shared with other
+    /// coordinators of the cluster.
+    pub store: crate::store::config::StoreConfig,
+    /// The `host:port` other coordinators redirect agents and admins to while this
+    /// one leads (default: the listen address).
+    pub advertise: Option<String>,
+    /// The leader lease on a shared store.
+    pub lease: LeaseConfig,
+}
+
+/// How long a leader's lease lasts and how often it is renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// A lease not renewed for this long may be taken by another coordinator.
+    pub ttl: Duration,
+    /// How often the leader renews it (and standbys try to take it).
+    pub renew: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            ttl: Duration::from_secs(10),
+            renew: Duration::from_secs(2),
+        }
+    }
 }
 
 impl ServeOptions {
@@ -65,6 +91,9 @@ impl ServeOptions {
             scheduler: SchedulerConfig::default(),
             max_context_size: 2 * 1024 * 1024 * 1024,
             metrics_listen: None,
+            store: crate::store::config::StoreConfig::Redb,
+            advertise: None,
+            lease: LeaseConfig::default(),
         }
     }
 }

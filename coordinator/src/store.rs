@@ -27,6 +27,8 @@ const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens_v
 const BUILDS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("builds_v1");
 const JOBS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("jobs_v1");
 /// Result cache entries, under `"<key> <repository>"`.
+pub mod config;
+
 const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_v1");
 /// Builds that have not reached a terminal state, so a restart resumes exactly these
 /// without scanning every build ever submitted.

@@ -202,6 +202,18 @@ pub enum CoordinatorToAgent {
     /// Answer to [`AgentToCoordinator::FetchContext`]: `size` raw bytes follow on the
     /// stream; the agent verifies their digest before using them.
     ContextFollows { size: u64 },
+    /// This coordinator is a standby: connect to `leader` instead (the leader's
+    /// advertised `host:port`; `None` while no coordinator leads, so retry shortly).
+    /// `coordinators` are every coordinator of the cluster the sender knows of.
+    /// The connection closes after this frame.
+    Redirect {
+        leader: Option<String>,
+        coordinators: Vec<String>,
+    },
+    /// The current set of coordinators of the cluster (advertised addresses), sent by
+    /// the leader after `Welcome` and whenever it changes, so an agent joined to one
+    /// coordinator can fail over to the others.
+    Coordinators(Vec<String>),
 }
 
 /// A piece of a job's build output, on the job's own unidirectional stream. Offsets
@@ -283,6 +295,8 @@ pub enum AdminRequest {
     PruneCache {
         older_than_secs: Option<u64>,
     },
+    /// Which coordinators the cluster has and which one leads.
+    ClusterStatus,
 }
 
 /// Coordinator → admin CLI.
@@ -327,4 +341,39 @@ pub enum AdminResponse {
         cache_entries: u64,
         contexts: u64,
     },
+    /// This coordinator is a standby: send requests to `leader` (`None` while no
+    /// coordinator leads: retry shortly).
+    Redirect {
+        leader: Option<String>,
+        coordinators: Vec<String>,
+    },
+    Cluster(ClusterStatus),
+}
+
+/// The coordinators of a cluster and its leader lease, as `cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterStatus {
+    /// `redb` (one embedded coordinator) or `postgres`.
+    pub store: String,
+    /// The current leader term; 0 for the embedded store, which has no lease.
+    pub epoch: u64,
+    /// The leader's advertised address.
+    pub leader: Option<String>,
+    /// When the leader's lease runs out unless renewed (database clock).
+    pub lease_expires: Option<Timestamp>,
+    /// The database's clock when this was read, to judge `lease_expires` and `last_seen`.
+    pub now: Timestamp,
+    pub coordinators: Vec<CoordinatorInfo>,
+}
+
+/// One coordinator process sharing the cluster's store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CoordinatorInfo {
+    /// Where agents and admins reach it (`serve --advertise`).
+    pub advertise: String,
+    /// Holds the leader lease.
+    pub leader: bool,
+    /// Its last heartbeat in the store (database clock).
+    pub last_seen: Timestamp,
+    pub version: String,
 }

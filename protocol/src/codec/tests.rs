@@ -195,6 +195,11 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             attempt: 1,
         },
         CoordinatorToAgent::ContextFollows { size: 4096 },
+        CoordinatorToAgent::Redirect {
+            leader: Some("10.0.0.2:7443".into()),
+            coordinators: vec!["10.0.0.1:7443".into(), "10.0.0.2:7443".into()],
+        },
+        CoordinatorToAgent::Coordinators(vec!["10.0.0.1:7443".into(), "10.0.0.2:7443".into()]),
     ];
     let admin_reqs = [
         AdminRequest::Hello {
@@ -229,6 +234,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         AdminRequest::PruneCache {
             older_than_secs: Some(86400),
         },
+        AdminRequest::ClusterStatus,
     ];
     let admin_resps = [
         AdminResponse::Welcome {
@@ -278,6 +284,23 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             cache_entries: 3,
             contexts: 1,
         },
+        AdminResponse::Redirect {
+            leader: None,
+            coordinators: vec!["10.0.0.1:7443".into()],
+        },
+        AdminResponse::Cluster(crate::wire::ClusterStatus {
+            store: "postgres".into(),
+            epoch: 7,
+            leader: Some("10.0.0.1:7443".into()),
+            lease_expires: Some(Timestamp(10_000)),
+            now: Timestamp(5_000),
+            coordinators: vec![crate::wire::CoordinatorInfo {
+                advertise: "10.0.0.1:7443".into(),
+                leader: true,
+                last_seen: Timestamp(4_000),
+                version: "0.1.0".into(),
+            }],
+        }),
     ];
     // Exhaustiveness guards: a new variant must be added to the lists above.
     for m in &agent_msgs {
@@ -302,7 +325,9 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | CoordinatorToAgent::Assign(_)
             | CoordinatorToAgent::Cancel { .. }
             | CoordinatorToAgent::Ack { .. }
-            | CoordinatorToAgent::ContextFollows { .. } => {}
+            | CoordinatorToAgent::ContextFollows { .. }
+            | CoordinatorToAgent::Redirect { .. }
+            | CoordinatorToAgent::Coordinators(_) => {}
         }
     }
     for m in &admin_reqs {
@@ -320,7 +345,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | AdminRequest::HasContext { .. }
             | AdminRequest::UploadContext { .. }
             | AdminRequest::ListCache
-            | AdminRequest::PruneCache { .. } => {}
+            | AdminRequest::PruneCache { .. }
+            | AdminRequest::ClusterStatus => {}
         }
     }
     for m in &admin_resps {
@@ -337,7 +363,9 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             | AdminResponse::ContextPresent { .. }
             | AdminResponse::ContextStored { .. }
             | AdminResponse::Cache(_)
-            | AdminResponse::Pruned { .. } => {}
+            | AdminResponse::Pruned { .. }
+            | AdminResponse::Redirect { .. }
+            | AdminResponse::Cluster(_) => {}
         }
     }
     let mut out = Vec::new();
@@ -364,6 +392,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         "cancel",
         "ack",
         "context_follows",
+        "redirect",
+        "coordinators",
     ];
     for (n, m) in names.iter().zip(&coord_msgs) {
         out.push((*n, enc(m)));
@@ -383,6 +413,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         "upload_context",
         "list_cache",
         "prune_cache",
+        "cluster_status",
     ];
     for (n, m) in names.iter().zip(&admin_reqs) {
         out.push((*n, enc(m)));
@@ -401,6 +432,8 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         "context_stored",
         "cache",
         "pruned",
+        "admin_redirect",
+        "cluster",
     ];
     for (n, m) in names.iter().zip(&admin_resps) {
         out.push((*n, enc(m)));
