@@ -165,6 +165,16 @@ impl Store {
         Ok(store)
     }
 
+    /// Connect to a PostgreSQL store, apply its migrations and record `cluster` (or
+    /// check that the database belongs to `cluster`). Used by `init --store`.
+    pub async fn init_postgres(
+        pg: &config::PostgresConfig,
+        cluster: &str,
+    ) -> Result<Store, StoreError> {
+        let _ = (pg, cluster);
+        Err(StoreError::Task("the PostgreSQL store is being written".into()))
+    }
+
     /// Open an existing database, checking its schema version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = redb::Database::open(path)?;
