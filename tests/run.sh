@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use. Keep this list in step with what tests start.
-PACKAGES=(git ca-certificates buildah podman skopeo docker-registry busybox-static iproute2 coreutils systemd dpkg-dev binutils adduser)
+# postgresql: the coordinator's PostgreSQL store tests start throwaway servers of
+# their own (tests/src/postgres.rs); util-linux has runuser, to run them as `postgres`.
+PACKAGES=(git ca-certificates buildah podman skopeo docker-registry busybox-static iproute2 coreutils systemd dpkg-dev binutils adduser postgresql util-linux)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -19,9 +21,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "       run: sudo apt-get install -y ${missing[*]}" >&2
     exit 2
   fi
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    # The tests never use the package's default cluster: do not create (and start) one.
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/helix-tests.conf
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# PostgreSQL's server binaries are not on PATH: check them (and the user they run as)
+# here, so a broken install fails now, naming the package, not in the middle of the tests.
+for tool in initdb pg_ctl postgres psql; do
+  compgen -G "/usr/lib/postgresql/*/bin/$tool" >/dev/null || { echo "error: PostgreSQL's $tool is missing from /usr/lib/postgresql/<version>/bin: apt-get install postgresql" >&2; exit 2; }
+done
+id -u postgres >/dev/null 2>&1 || { echo "error: there is no postgres user to run PostgreSQL's tests as: apt-get install --reinstall postgresql-common" >&2; exit 2; }
 
 for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing: install the Rust toolchain (rustup, with rustfmt and clippy)" >&2; exit 2; }

@@ -6,6 +6,7 @@
 //! never leaves processes behind.
 
 pub mod netns;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -7,5 +7,6 @@ mod cluster;
 mod contexts;
 mod faults;
 mod metrics;
+mod postgres_harness;
 mod raw;
 mod service;
