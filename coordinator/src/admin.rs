@@ -182,7 +182,7 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
             "Hello was already received on this connection",
         ),
         AdminRequest::ClusterStatus => crate::leader::cluster_status(shared).await,
-        AdminRequest::ListAgents => match shared.store.run(|s| s.agents()).await {
+        AdminRequest::ListAgents => match shared.store.agents().await {
             Ok(records) => {
                 let snapshot = shared.engine.snapshot().await;
                 AdminResponse::Agents(
@@ -227,7 +227,7 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
 }
 
 async fn update_agent(shared: &Arc<Shared>, agent: AgentId, action: AgentAction) -> AdminResponse {
-    let current = match shared.store.run(move |s| s.agent(agent)).await {
+    let current = match shared.store.agent(agent).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             return error(
@@ -251,7 +251,7 @@ async fn update_agent(shared: &Arc<Shared>, agent: AgentId, action: AgentAction)
     };
     let updated = match shared
         .store
-        .run(move |s| s.update_agent(agent, |r| r.state = next))
+        .update_agent(agent, move |r| r.state = next)
         .await
     {
         Ok(r) => r,
@@ -308,7 +308,7 @@ async fn create_token(shared: &Arc<Shared>, ttl_secs: u64, uses: u32) -> AdminRe
         uses_left: uses,
     };
     let hash = token.secret_hash();
-    match shared.store.run(move |s| s.put_token(hash, &record)).await {
+    match shared.store.put_token(hash, &record).await {
         Ok(()) => {
             info!(uses, ttl_secs, "join token created");
             AdminResponse::Token {

@@ -166,7 +166,7 @@ async fn enroll(
     let hash = token.secret_hash();
     shared
         .store
-        .run(move |s| s.enroll(hash, now(), &record))
+        .enroll(hash, now(), &record)
         .await
         .map_err(|e| match e {
             StoreError::Token(refusal) => (RejectCode::InvalidToken, refusal.to_string()),
@@ -282,7 +282,7 @@ async fn serve_inner(
             return;
         }
     };
-    let record = match shared.store.run(move |s| s.agent(id)).await {
+    let record = match shared.store.agent(id).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             refuse(
@@ -348,15 +348,13 @@ async fn serve_inner(
     );
     let updated = shared
         .store
-        .run(move |s| {
-            s.update_agent(id, |r| {
-                r.platforms = adv.platforms;
-                r.capacity = adv.capacity;
-                r.labels = adv.labels;
-                r.version = adv.agent_version;
-                r.builder = adv.builder;
-                r.last_seen = Some(now());
-            })
+        .update_agent(id, move |r| {
+            r.platforms = adv.platforms;
+            r.capacity = adv.capacity;
+            r.labels = adv.labels;
+            r.version = adv.agent_version;
+            r.builder = adv.builder;
+            r.last_seen = Some(now());
         })
         .await;
     let schedulable = match &updated {
@@ -403,7 +401,14 @@ async fn serve_inner(
         coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
         agent_id: id,
     };
-    let outcome = match framed::write_frame(&mut send, &welcome).await {
+    let mut written = framed::write_frame(&mut send, &welcome).await;
+    let coordinators = shared.coordinators.borrow().clone();
+    if written.is_ok() && !coordinators.is_empty() {
+        // Tell the agent where else to go should this coordinator fail.
+        written =
+            framed::write_frame(&mut send, &CoordinatorToAgent::Coordinators(coordinators)).await;
+    }
+    let outcome = match written {
         Ok(()) => {
             let (platforms, capacity, held, builder) = up;
             let up = Input::AgentUp {
@@ -441,7 +446,7 @@ async fn serve_inner(
     }
     let _ = shared
         .store
-        .run(move |s| s.update_agent(id, |r| r.last_seen = Some(now())))
+        .update_agent(id, |r| r.last_seen = Some(now()))
         .await;
 }
 

@@ -104,11 +104,7 @@ async fn cache_hit(shared: &Arc<Shared>, build: &Build, platform: &Platform) -> 
         let key = crate::cache::key_for(build, platform, builder);
         let repo = repository.clone();
         let lookup_key = key.clone();
-        let entry = match shared
-            .store
-            .run(move |s| s.cache_lookup(&lookup_key, &repo))
-            .await
-        {
+        let entry = match shared.store.cache_lookup(&lookup_key, &repo).await {
             Ok(Some(e)) => e,
             Ok(None) => continue,
             Err(e) => {
@@ -120,16 +116,13 @@ async fn cache_hit(shared: &Arc<Shared>, build: &Build, platform: &Platform) -> 
         match shared.assembler.registry().manifest_exists(&image).await {
             Ok(true) => {
                 let (k, repo, now) = (key.clone(), repository.clone(), now());
-                let _ = shared
-                    .store
-                    .run(move |s| s.cache_touch(&k, &repo, now))
-                    .await;
+                let _ = shared.store.cache_touch(&k, &repo, now).await;
                 return Some(entry);
             }
             Ok(false) => {
                 info!(%image, "cache entry dropped: its manifest is gone from the registry");
                 let (k, repo) = (key.clone(), repository.clone());
-                let _ = shared.store.run(move |s| s.cache_remove(&k, &repo)).await;
+                let _ = shared.store.cache_remove(&k, &repo).await;
             }
             Err(e) => {
                 warn!(%image, "cannot check a cache entry in the registry, building instead: {e}");
@@ -153,7 +146,7 @@ pub(crate) async fn view(shared: &Arc<Shared>, id: BuildId) -> AdminResponse {
 async fn load(shared: &Arc<Shared>, id: BuildId) -> Result<Option<BuildView>, AdminResponse> {
     let (build, jobs) = match shared.engine.active(id).await {
         Some(x) => x,
-        None => match shared.store.run(move |s| s.build_with_jobs(id)).await {
+        None => match shared.store.build_with_jobs(id).await {
             Ok(Some(x)) => x,
             Ok(None) => return Ok(None),
             Err(e) => return Err(internal(e)),
@@ -175,7 +168,7 @@ async fn load(shared: &Arc<Shared>, id: BuildId) -> Result<Option<BuildView>, Ad
 
 pub(crate) async fn list(shared: &Arc<Shared>, limit: u32) -> AdminResponse {
     let limit = limit.clamp(1, MAX_LIST) as usize;
-    let builds = match shared.store.run(move |s| s.recent_builds(limit)).await {
+    let builds = match shared.store.recent_builds(limit).await {
         Ok(b) => b,
         Err(e) => return internal(e),
     };
@@ -321,7 +314,7 @@ pub(crate) async fn logs(
 
 /// `cache list`.
 pub(crate) async fn cache_list(shared: &Arc<Shared>) -> AdminResponse {
-    match shared.store.run(|s| s.cache_list()).await {
+    match shared.store.cache_list().await {
         Ok(mut entries) => {
             entries.sort_by_key(|e| std::cmp::Reverse(e.last_used));
             AdminResponse::Cache(entries)
@@ -336,7 +329,7 @@ pub(crate) async fn cache_prune(
     older_than_secs: Option<u64>,
 ) -> AdminResponse {
     let before = older_than_secs.map(|s| Timestamp(now().0.saturating_sub(s.saturating_mul(1000))));
-    let cache_entries = match shared.store.run(move |s| s.cache_prune(before)).await {
+    let cache_entries = match shared.store.cache_prune(before).await {
         Ok(n) => n,
         Err(e) => return internal(e),
     };
@@ -356,7 +349,7 @@ pub(crate) async fn gc_contexts(
 ) -> Result<u64, String> {
     let active = shared
         .store
-        .run(|s| s.active_builds())
+        .active_builds()
         .await
         .map_err(|e| e.to_string())?;
     let keep: std::collections::HashSet<helix_protocol::Digest> = active

@@ -2,10 +2,16 @@
 //! sessions, admin requests and a clock tick, and carries out its outputs in order —
 //! commit to the store, then send to agents, then start assemblies.
 //!
-//! A store write that fails is fatal: the in-memory state is then ahead of the disk,
-//! and the only safe recovery is a restart from the store (every state change is
-//! committed before it is acted on, so nothing acknowledged is lost). The engine
-//! cancels `fatal` and the server stops; a service manager restarts it.
+//! Store errors, by kind:
+//! - the database is unavailable (PostgreSQL restarting): the engine retries the same
+//!   write with backoff until it lands or the leader term ends; nothing is acted on
+//!   before it is durable, so nothing is lost, the engine only waits;
+//! - the write was fenced (another coordinator leads now): the engine stops and
+//!   cancels `lost`, and the coordinator steps down to standby;
+//! - anything else is fatal: the in-memory state is then ahead of the disk, and the
+//!   only safe recovery is a restart from the store (every state change is committed
+//!   before it is acted on, so nothing acknowledged is lost). The engine cancels
+//!   `fatal` and the server stops; a service manager restarts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,13 +203,34 @@ pub(crate) struct EngineInbox {
     done: broadcast::Sender<BuildId>,
 }
 
+/// How the engine's run ended badly: the owner of each token decides what follows.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    /// Unrecoverable: the process should exit so it restarts from the store.
+    pub(crate) fatal: CancellationToken,
+    /// Fenced: another coordinator leads; step down to standby.
+    pub(crate) lost: CancellationToken,
+}
+
+impl Failure {
+    fn report(&self, e: &StoreError) {
+        if e.is_fenced() {
+            warn!("stepping down: {e}");
+            self.lost.cancel();
+        } else {
+            error!("store write failed, stopping so a restart recovers from the store: {e}");
+            self.fatal.cancel();
+        }
+    }
+}
+
 /// Resume every active build from the store, then serve until `cancel`.
 pub(crate) async fn run(
     inbox: EngineInbox,
     shared: Arc<Shared>,
     cfg: SchedulerConfig,
     cancel: CancellationToken,
-    fatal: CancellationToken,
+    failure: Failure,
 ) {
     let EngineInbox { mut rx, done } = inbox;
     let mut engine = Engine {
@@ -214,8 +241,10 @@ pub(crate) async fn run(
         assembler: shared.assembler.clone(),
         assemblies: JoinSet::new(),
         done,
+        cancel: cancel.clone(),
     };
-    match engine.store.run(|s| s.active_builds()).await {
+    let store = engine.store.clone();
+    match engine.retry(|| store.active_builds()).await {
         Ok(active) => {
             if !active.is_empty() {
                 info!(
@@ -224,15 +253,19 @@ pub(crate) async fn run(
                 );
             }
             for (build, jobs) in active {
-                if engine.step(Input::Resume { build, jobs }).await.is_err() {
-                    fatal.cancel();
+                if let Err(e) = engine.step(Input::Resume { build, jobs }).await {
+                    if !cancel.is_cancelled() {
+                        failure.report(&e);
+                    }
                     return;
                 }
             }
         }
         Err(e) => {
-            error!("cannot load active builds: {e}");
-            fatal.cancel();
+            if !cancel.is_cancelled() {
+                error!("cannot load active builds: {e}");
+                failure.report(&e);
+            }
             return;
         }
     }
@@ -255,8 +288,9 @@ pub(crate) async fn run(
             _ = tick.tick() => engine.step(Input::Tick).await,
         };
         if let Err(e) = result {
-            error!("store write failed, stopping so a restart recovers from the store: {e}");
-            fatal.cancel();
+            if !cancel.is_cancelled() {
+                failure.report(&e);
+            }
             break;
         }
     }
@@ -272,9 +306,53 @@ struct Engine {
     assembler: Arc<Assembler>,
     assemblies: JoinSet<(BuildId, Result<Digest, String>)>,
     done: broadcast::Sender<BuildId>,
+    /// Ends the leader term (or the process); stops retries.
+    cancel: CancellationToken,
 }
 
+/// First and longest wait between retries of a store operation while the database
+/// is unavailable.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 impl Engine {
+    /// Run a store operation, retrying while the database is unavailable, until it
+    /// succeeds, fails for another reason, or the term ends.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut wait = RETRY_FIRST;
+        let mut warned = false;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() => {
+                    if !warned {
+                        warn!("the store is unavailable, retrying until it is back: {e}");
+                        warned = true;
+                    }
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Err(e),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+                other => {
+                    if warned && other.is_ok() {
+                        info!("the store is back");
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn persist(&self, records: Vec<crate::store::Record>) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        self.retry(|| store.commit(records.clone())).await
+    }
+
     async fn message(&mut self, msg: Msg) -> Result<(), StoreError> {
         match msg {
             Msg::Input(input) => self.step(input).await,
@@ -297,11 +375,12 @@ impl Engine {
                 // judged from the store (its log may arrive after it ended).
                 let may = match self.scheduler.may_log(agent, job, attempt) {
                     Some(may) => may,
-                    None => self
-                        .store
-                        .run(move |s| s.job(job))
-                        .await?
-                        .is_some_and(|j| j.attempt() == attempt),
+                    None => {
+                        let store = self.store.clone();
+                        self.retry(|| store.job(job))
+                            .await?
+                            .is_some_and(|j| j.attempt() == attempt)
+                    }
                 };
                 let _ = reply.send(may);
                 Ok(())
@@ -357,7 +436,7 @@ impl Engine {
             }
             if !pending.is_empty() {
                 let records = std::mem::take(&mut pending);
-                self.store.run(move |s| s.commit(&records)).await?;
+                self.persist(records).await?;
             }
             match output {
                 Output::Persist(_) => {}
@@ -388,9 +467,8 @@ impl Engine {
                         .spawn(async move { (id, assembler.assemble(&build, &jobs).await) });
                 }
                 Output::BuildDone { build } => {
-                    if let Some((_, jobs)) =
-                        self.store.run(move |s| s.build_with_jobs(build)).await?
-                    {
+                    let store = self.store.clone();
+                    if let Some((_, jobs)) = self.retry(|| store.build_with_jobs(build)).await? {
                         for j in &jobs {
                             self.logs.close(j.id());
                         }
@@ -400,7 +478,7 @@ impl Engine {
             }
         }
         if !pending.is_empty() {
-            self.store.run(move |s| s.commit(&pending)).await?;
+            self.persist(pending).await?;
         }
         if assigns > 0 {
             // From the event that made the jobs placeable to their assignments being

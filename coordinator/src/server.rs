@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use helix_protocol::codec;
 use helix_protocol::wire::{
-    close, AdminRequest, AgentToCoordinator, CoordinatorToAgent, RejectCode,
+    close, AdminRequest, AdminResponse, AgentToCoordinator, CoordinatorToAgent, RejectCode,
 };
 use helix_protocol::{AgentId, Identity};
 use helix_transport::files::{read_public, read_secret, FileError};
@@ -26,9 +26,10 @@ use tracing::{debug, info, warn};
 use crate::assembler::Assembler;
 use crate::contexts::Contexts;
 use crate::datadir::DataDir;
-use crate::engine::{self, EngineHandle};
+use crate::engine::EngineHandle;
 use crate::logs::Logs;
 use crate::scheduler::SchedulerConfig;
+use crate::store::config::StoreConfig;
 use crate::store::{Store, StoreError};
 use crate::{admin, agent_session};
 
@@ -140,7 +141,7 @@ pub(crate) struct SessionHandle {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) store: Store,
-    pub(crate) ca: ClusterCa,
+    pub(crate) ca: Arc<ClusterCa>,
     pub(crate) cluster: String,
     pub(crate) opts: ServeOptions,
     pub(crate) sessions: Mutex<HashMap<AgentId, SessionHandle>>,
@@ -150,6 +151,11 @@ pub(crate) struct Shared {
     pub(crate) assembler: Arc<Assembler>,
     pub(crate) contexts: Arc<Contexts>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Every coordinator's advertised address (empty on the embedded store), told to
+    /// agents so they can fail over.
+    pub(crate) coordinators: tokio::sync::watch::Receiver<Vec<String>>,
+    /// This coordinator's advertised address.
+    pub(crate) advertise: String,
 }
 
 impl Shared {
@@ -175,15 +181,51 @@ pub struct Server {
     cancel: CancellationToken,
     /// Cancelled when the coordinator cannot go on (a store write failed).
     fatal: CancellationToken,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// What a coordinator has for its whole life, whether it leads or stands by.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) store: Store,
+    pub(crate) ca: Arc<ClusterCa>,
+    pub(crate) cluster: String,
+    pub(crate) opts: ServeOptions,
+    pub(crate) advertise: String,
+    pub(crate) logs: Arc<Logs>,
+    pub(crate) assembler: Arc<Assembler>,
+    pub(crate) contexts: Arc<Contexts>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) coordinators: tokio::sync::watch::Sender<Vec<String>>,
+    /// Leader (with the term's state) or standby; read for every new connection.
+    pub(crate) role: tokio::sync::watch::Sender<Role>,
+    pub(crate) fatal: CancellationToken,
+}
+
+/// What a new connection is served by.
+#[derive(Debug, Clone)]
+pub(crate) enum Role {
+    /// Not leading: every request is redirected to `leader` (if one is known).
+    Standby { leader: Option<String> },
+    /// Leading: the term's state, and the token that ends the term.
+    Leader {
+        shared: Arc<Shared>,
+        term: CancellationToken,
+    },
+}
+
 impl Server {
-    /// Open the store, load the keys, bind the listener and start accepting.
+    /// Open the store, load the keys, bind the listener and start accepting. On the
+    /// embedded store the coordinator leads at once; on a shared store it stands by,
+    /// redirecting every request, until it wins the leader lease.
     pub async fn spawn(opts: ServeOptions) -> Result<Server, ServeError> {
         let dir = &opts.data_dir;
-        if !dir.database().exists() {
+        let initialized = match &opts.store {
+            StoreConfig::Redb => dir.database().exists(),
+            StoreConfig::Postgres(_) => dir.ca_key().exists(),
+        };
+        if !initialized {
             return Err(ServeError::NotInitialized(dir.root().display().to_string()));
         }
         // Keys are refused if others can read them: a leaked CA key is a lost cluster.
@@ -192,11 +234,19 @@ impl Server {
         let ca_pem = read_public(&dir.ca_cert())?;
         let server_pem = read_public(&dir.server_cert())?;
         let ca = ClusterCa::from_pem(&ca_pem, &ca_key)?;
-        let store_path = dir.database();
-        let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-        let cluster = store.cluster()?;
+        let store = match &opts.store {
+            StoreConfig::Redb => {
+                let store_path = dir.database();
+                tokio::task::spawn_blocking(move || Store::open_redb(&store_path))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))??
+            }
+            StoreConfig::Postgres(pg) => {
+                info!(store = %pg.redacted_url(), "connecting to the PostgreSQL store");
+                Store::open_postgres(pg).await?
+            }
+        };
+        let cluster = store.cluster().await?;
 
         let tls = tls::server_config(&ca_pem, &server_pem, &server_key)?;
         let quic = tls::quinn_server_config(tls, opts.idle_timeout)?;
@@ -206,6 +256,13 @@ impl Server {
             addr: opts.listen,
             source,
         })?;
+        let advertise = opts
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        if store.is_shared() && opts.advertise.is_none() && local_addr.ip().is_unspecified() {
+            warn!(%local_addr, "no --advertise address: standbys will redirect agents and admins to {advertise}, which they cannot reach; set --advertise HOST:PORT");
+        }
 
         let logs = Arc::new(
             Logs::new(&dir.logs()).map_err(|source| ServeError::DataDir {
@@ -222,44 +279,38 @@ impl Server {
                 }
             })?,
         );
-        let (engine, inbox) = engine::channel();
-        let scheduler_cfg = opts.scheduler.clone();
-        let shared = Arc::new(Shared {
+        let cancel = CancellationToken::new();
+        let fatal = CancellationToken::new();
+        let node = Arc::new(Node {
             store,
-            ca,
+            ca: Arc::new(ca),
             cluster,
             opts,
-            sessions: Mutex::new(HashMap::new()),
-            next_session: std::sync::atomic::AtomicU64::new(1),
-            engine: engine.clone(),
+            advertise,
             logs,
             assembler,
             contexts,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            coordinators: tokio::sync::watch::channel(Vec::new()).0,
+            role: tokio::sync::watch::channel(Role::Standby { leader: None }).0,
+            fatal: fatal.clone(),
         });
-        let cancel = CancellationToken::new();
-        let cancel_for_loop = cancel.clone();
-        let fatal = CancellationToken::new();
-        let engine_task = tokio::spawn(engine::run(
-            inbox,
-            shared.clone(),
-            scheduler_cfg,
-            cancel.child_token(),
-            fatal.clone(),
-        ));
-        let shared_for_status = shared.clone();
-        let maintenance = tokio::spawn(maintenance(shared.clone(), cancel.child_token()));
-        let metrics_task = match shared.opts.metrics_listen {
+        let metrics_task = match node.opts.metrics_listen {
             Some(addr) => {
-                let refresh_shared = shared.clone();
+                let refresh_node = node.clone();
                 let refresh: crate::metrics::Refresh = Arc::new(move || {
-                    let s = refresh_shared.clone();
-                    Box::pin(async move { refresh_gauges(&s).await })
+                    let n = refresh_node.clone();
+                    Box::pin(async move {
+                        let role = n.role.borrow().clone();
+                        if let Role::Leader { shared, .. } = role {
+                            refresh_gauges(&shared).await;
+                        }
+                    })
                 });
                 Some(
                     crate::metrics::serve(
                         addr,
-                        shared.metrics.clone(),
+                        node.metrics.clone(),
                         refresh,
                         cancel.child_token(),
                     )
@@ -269,25 +320,24 @@ impl Server {
             }
             None => None,
         };
-        shared
-            .metrics
-            .ready
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Lead at once on the embedded store; campaign on a shared one.
+        let leadership = tokio::spawn(crate::leader::run(node.clone(), cancel.child_token()));
+        let node_for_loop = node.clone();
+        let cancel_for_loop = cancel.clone();
         let task = tokio::spawn(async move {
-            accept_loop(endpoint_for_loop, shared, cancel_for_loop).await;
-            let _ = engine_task.await;
-            let _ = maintenance.await;
+            accept_loop(endpoint_for_loop, node_for_loop, cancel_for_loop).await;
+            let _ = leadership.await;
             if let Some(t) = metrics_task {
                 let _ = t.await;
             }
         });
-        info!(%local_addr, "coordinator listening");
+        info!(%local_addr, store = node.store.kind(), "coordinator listening");
         Ok(Server {
             local_addr,
             endpoint,
             cancel,
             fatal,
-            shared: shared_for_status,
+            node,
             task: Some(task),
         })
     }
@@ -299,7 +349,7 @@ impl Server {
     /// Something that can say, in a line, how the coordinator is doing.
     pub fn status_source(&self) -> StatusSource {
         StatusSource {
-            shared: self.shared.clone(),
+            node: self.node.clone(),
         }
     }
 
@@ -310,7 +360,8 @@ impl Server {
     }
 
     /// Stop accepting, close every connection with a going-away code, wait for the
-    /// connection tasks, and let the endpoint drain so peers see a clean close.
+    /// connection tasks, and let the endpoint drain so peers see a clean close. A
+    /// leader gives up its lease so a standby takes over at once.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
@@ -333,15 +384,19 @@ impl Drop for Server {
 /// A cheap handle for status lines.
 #[derive(Debug, Clone)]
 pub struct StatusSource {
-    shared: Arc<Shared>,
+    node: Arc<Node>,
 }
 
 impl StatusSource {
-    /// E.g. `3 agents connected, 2 jobs queued, 1 running`.
+    /// E.g. `3 agents connected, 2 jobs queued, 1 running`, or `standby; leader at X`.
     pub async fn status(&self) -> String {
-        let snap = self.shared.engine.snapshot().await;
-        let connected = self
-            .shared
+        let shared = match self.node.role.borrow().clone() {
+            Role::Leader { shared, .. } => shared,
+            Role::Standby { leader: Some(l) } => return format!("standby; the leader is {l}"),
+            Role::Standby { leader: None } => return "standby; no leader elected".into(),
+        };
+        let snap = shared.engine.snapshot().await;
+        let connected = shared
             .sessions
             .lock()
             .expect("sessions lock poisoned")
@@ -352,11 +407,35 @@ impl StatusSource {
             .filter(|((s, _), _)| s == "running" || s == "assigned")
             .map(|(_, n)| n)
             .sum();
+        let lead = if self.node.store.is_shared() {
+            "leader; "
+        } else {
+            ""
+        };
         format!(
-            "{connected} agents connected, {} jobs queued, {running} running",
+            "{lead}{connected} agents connected, {} jobs queued, {running} running",
             snap.queued
         )
     }
+}
+
+/// The state of one leader term, shared by its connection tasks.
+pub(crate) fn term_state(node: &Arc<Node>, engine: EngineHandle) -> Arc<Shared> {
+    Arc::new(Shared {
+        store: node.store.clone(),
+        ca: node.ca.clone(),
+        cluster: node.cluster.clone(),
+        opts: node.opts.clone(),
+        sessions: Mutex::new(HashMap::new()),
+        next_session: std::sync::atomic::AtomicU64::new(1),
+        engine,
+        logs: node.logs.clone(),
+        assembler: node.assembler.clone(),
+        contexts: node.contexts.clone(),
+        metrics: node.metrics.clone(),
+        coordinators: node.coordinators.subscribe(),
+        advertise: node.advertise.clone(),
+    })
 }
 
 /// Set the present-tense gauges from the scheduler, the registry of agents and the
@@ -397,7 +476,7 @@ async fn refresh_gauges(shared: &Arc<Shared>) {
     m.slots_total.set(total);
     m.slots_used.set(used);
     m.agents.clear();
-    if let Ok(records) = shared.store.run(|s| s.agents()).await {
+    if let Ok(records) = shared.store.agents().await {
         for r in records {
             let connected = shared.connected(r.id);
             let state = if !connected {
@@ -421,7 +500,7 @@ async fn refresh_gauges(shared: &Arc<Shared>) {
 
 /// Periodic housekeeping: contexts no active build references are removed (an hour
 /// after their last use, so one uploaded for a submit about to happen stays).
-async fn maintenance(shared: Arc<Shared>, cancel: CancellationToken) {
+pub(crate) async fn maintenance(shared: Arc<Shared>, cancel: CancellationToken) {
     const EVERY: Duration = Duration::from_secs(600);
     const MIN_AGE: Duration = Duration::from_secs(3600);
     loop {
@@ -463,7 +542,7 @@ fn bind_endpoint(
     quinn::Endpoint::new(config, Some(quic), socket, runtime).map_err(bind)
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn accept_loop(endpoint: quinn::Endpoint, node: Arc<Node>, cancel: CancellationToken) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -478,13 +557,63 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, cancel: Can
             }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                conns.spawn(handle_connection(incoming, shared.clone(), cancel.child_token()));
+                match node.role.borrow().clone() {
+                    Role::Leader { shared, term } => {
+                        conns.spawn(handle_connection(incoming, shared, term.child_token()));
+                    }
+                    Role::Standby { leader } => {
+                        conns.spawn(redirect(incoming, leader, node.coordinators.borrow().clone()));
+                    }
+                }
             }
         }
     }
     // Tell every peer why it is being closed, then wait for the tasks to notice.
     endpoint.close(close::GOING_AWAY.into(), b"coordinator shutting down");
     while conns.join_next().await.is_some() {}
+}
+
+/// A standby's answer to any connection: the leader's address, then close.
+async fn redirect(incoming: quinn::Incoming, leader: Option<String>, coordinators: Vec<String>) {
+    let remote = incoming.remote_address();
+    let Ok(conn) = incoming.await else { return };
+    let Ok((mut send, _recv, first)) = first_frame(&conn).await else {
+        conn.close(close::GOING_AWAY.into(), b"standby");
+        return;
+    };
+    debug!(%remote, ?leader, "standby: redirecting");
+    let written = match first {
+        FirstFrame::Agent(_) => {
+            framed::write_frame(
+                &mut send,
+                &CoordinatorToAgent::Redirect {
+                    leader,
+                    coordinators,
+                },
+            )
+            .await
+        }
+        FirstFrame::Admin(_) => {
+            framed::write_frame(
+                &mut send,
+                &AdminResponse::Redirect {
+                    leader,
+                    coordinators,
+                },
+            )
+            .await
+        }
+        FirstFrame::Garbage(e) => {
+            refuse(&mut send, RejectCode::BadRequest, &garbage_reason(&e)).await;
+            conn.close(close::PROTOCOL_ERROR.into(), b"not a Helix message");
+            return;
+        }
+    };
+    if written.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+    conn.close(close::GOING_AWAY.into(), b"standby: see the redirect");
 }
 
 /// How long a peer may take to send its first frame.

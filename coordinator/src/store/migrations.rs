@@ -1,0 +1,74 @@
+//! The PostgreSQL schema, as numbered migrations applied in order at start.
+//!
+//! Never edit a migration that has shipped: add the next one. [`super::SCHEMA_VERSION`]
+//! is the number of the last one. Records are JSON (`jsonb`) like in the embedded
+//! store; the columns beside them exist for lookups, ordering and fencing. Every
+//! row written by a leader carries the lease `epoch` it was written under and the
+//! database time it was written at, so an operator (and the fencing test) can prove
+//! that no leader wrote after it was replaced.
+
+/// `(version, SQL)`, in order.
+pub(super) const MIGRATIONS: &[(u32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE helix_lease (
+    id          smallint PRIMARY KEY CHECK (id = 1),
+    holder      text        NOT NULL,
+    advertise   text        NOT NULL,
+    epoch       bigint      NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
+CREATE TABLE helix_epochs (
+    epoch       bigint PRIMARY KEY,
+    holder      text        NOT NULL,
+    advertise   text        NOT NULL,
+    began_at    timestamptz NOT NULL
+);
+CREATE TABLE helix_coordinators (
+    holder      text PRIMARY KEY,
+    advertise   text        NOT NULL,
+    version     text        NOT NULL,
+    started_at  timestamptz NOT NULL,
+    last_seen   timestamptz NOT NULL
+);
+CREATE TABLE helix_tokens (
+    secret_hash bytea PRIMARY KEY,
+    record      jsonb       NOT NULL,
+    epoch       bigint      NOT NULL,
+    written_at  timestamptz NOT NULL
+);
+CREATE TABLE helix_agents (
+    id          uuid PRIMARY KEY,
+    record      jsonb       NOT NULL,
+    epoch       bigint      NOT NULL,
+    written_at  timestamptz NOT NULL
+);
+CREATE TABLE helix_builds (
+    id          uuid PRIMARY KEY,
+    created_at  bigint      NOT NULL,
+    active      boolean     NOT NULL,
+    record      jsonb       NOT NULL,
+    epoch       bigint      NOT NULL,
+    written_at  timestamptz NOT NULL
+);
+CREATE INDEX helix_builds_recent ON helix_builds (created_at DESC, id DESC);
+CREATE INDEX helix_builds_active ON helix_builds (created_at, id) WHERE active;
+CREATE TABLE helix_jobs (
+    id          uuid PRIMARY KEY,
+    build       uuid        NOT NULL,
+    record      jsonb       NOT NULL,
+    epoch       bigint      NOT NULL,
+    written_at  timestamptz NOT NULL
+);
+CREATE INDEX helix_jobs_build ON helix_jobs (build);
+CREATE TABLE helix_cache (
+    key         text        NOT NULL,
+    repository  text        NOT NULL,
+    last_used   bigint      NOT NULL,
+    record      jsonb       NOT NULL,
+    epoch       bigint      NOT NULL,
+    written_at  timestamptz NOT NULL,
+    PRIMARY KEY (key, repository)
+);
+"#,
+)];
