@@ -293,6 +293,23 @@ impl Coordinator {
         }
     }
 
+    /// Like [`Coordinator::init`], with more `init` flags (`--store`, `--ca-from`).
+    pub fn init_with(root: &Path, name: &str, cluster: &str, extra: &[&str]) -> Coordinator {
+        let dir = root.join(name);
+        let mut args = s(&["init", "--data-dir", path(&dir), "--cluster", cluster]);
+        args.extend(s(extra));
+        run(&bin("helix-coordinator"), &args, &[], CMD_TIMEOUT).ok();
+        let log = root.join(format!("{name}.log"));
+        Coordinator {
+            dir,
+            addr: None,
+            proc: None,
+            ns: None,
+            log,
+            extra: Vec::new(),
+        }
+    }
+
     /// Like [`Coordinator::init`], for a coordinator that runs in namespace `ns`
     /// (listening on all its addresses).
     pub fn init_in(root: &Path, name: &str, cluster: &str, ns: &str, sans: &[&str]) -> Coordinator {

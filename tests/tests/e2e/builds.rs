@@ -109,7 +109,7 @@ fn two_platform_build(builder: &str) {
     );
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use std::io::Write;
     let mut child = std::process::Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())

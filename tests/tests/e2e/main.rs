@@ -4,7 +4,9 @@
 mod builds;
 mod cache;
 mod cluster;
+mod cluster_cli;
 mod contexts;
+mod failover;
 mod faults;
 mod metrics;
 mod postgres_harness;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use helix_tests::{git_repo, wait_for, BuildCluster};
 
-fn scrape(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn scrape(addr: &str, path: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

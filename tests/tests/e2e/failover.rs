@@ -1,0 +1,358 @@
+//! Two coordinators on one PostgreSQL store: one leads through the lease, the other
+//! stands by. Faults for real: kill -9 of the leader, SIGSTOP past its lease, and
+//! PostgreSQL itself restarted under a running build.
+
+use std::time::{Duration, Instant};
+
+use helix_tests::postgres::Postgres;
+use helix_tests::{
+    find_agent, git_repo, path, require_tool, wait_for, Agent, Coordinator, Registry,
+};
+
+fn busybox() -> Vec<u8> {
+    std::fs::read(require_tool("busybox", "busybox-static")).expect("read busybox")
+}
+
+/// A repo whose build prints `marker` and sleeps `secs` in a RUN step.
+fn sleepy_repo(dir: &std::path::Path, marker: &str, secs: u32) -> String {
+    let dockerfile = format!(
+        "FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {marker}; /bin/busybox sleep {secs}; echo done > /done\"]\n"
+    );
+    git_repo(
+        dir,
+        &[
+            ("Dockerfile", dockerfile.as_bytes()),
+            ("bin/busybox", &busybox()),
+        ],
+    )
+}
+
+/// PostgreSQL, a registry, coordinators sharing the store, and agents that were
+/// told only the first coordinator's address (they learn the others from it).
+struct HaCluster {
+    pg: Postgres,
+    registry: Registry,
+    coords: Vec<Coordinator>,
+    agents: Vec<Agent>,
+}
+
+impl HaCluster {
+    fn start(root: &std::path::Path, coordinators: usize, agents: usize) -> HaCluster {
+        require_tool("buildah", "buildah");
+        let pg = Postgres::start().expect("start PostgreSQL");
+        let registry = Registry::start(root);
+        let url = pg.url();
+        let first = Coordinator::init_with(root, "c1", "ha", &["--store", &url]);
+        let mut coords = vec![first];
+        for n in 2..=coordinators {
+            let ca_from = coords[0].dir.clone();
+            coords.push(Coordinator::init_with(
+                root,
+                &format!("c{n}"),
+                "ha",
+                &["--store", &url, "--ca-from", path(&ca_from)],
+            ));
+        }
+        let flags = [
+            "--store",
+            url.as_str(),
+            "--allow-file-repos",
+            "--insecure-registry",
+            registry.addr.as_str(),
+            // Peers of a stopped process notice within seconds, not the default 10 s.
+            "--idle-timeout",
+            "6s",
+        ];
+        coords[0].start(&flags);
+        let leader = coords[0].addr().to_string();
+        wait_for(Duration::from_secs(20), "c1 to lead", || {
+            (leader_of(&coords[0]).as_deref() == Some(leader.as_str())).then_some(())
+        });
+        for c in coords.iter_mut().skip(1) {
+            c.start(&flags);
+        }
+        let mut started = Vec::new();
+        for n in 1..=agents {
+            let mut agent = Agent::new(root, &format!("agent{n}"));
+            agent.join(coords[0].addr(), &coords[0].token(&[])).ok();
+            agent.start(&[
+                "--coordinator",
+                coords[0].addr(),
+                "--insecure-registry",
+                registry.addr.as_str(),
+                "--platform",
+                "linux/amd64",
+            ]);
+            started.push(agent);
+        }
+        for agent in &started {
+            wait_for(Duration::from_secs(15), "agents to connect", || {
+                find_agent(&coords[0].agents(), &agent.name)
+                    .filter(|a| a["connected"] == true)
+                    .map(|_| ())
+            });
+        }
+        HaCluster {
+            pg,
+            registry,
+            coords,
+            agents: started,
+        }
+    }
+
+    fn submit(&self, via: usize, repo: &str, tag: &str) -> String {
+        let image = format!("{}/{tag}", self.registry.addr);
+        self.coords[via]
+            .admin(&[
+                "build",
+                "submit",
+                "--repo",
+                repo,
+                "--ref",
+                "main",
+                "--platform",
+                "linux/amd64",
+                "--tag",
+                &image,
+            ])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    fn get(&self, via: usize, id: &str) -> serde_json::Value {
+        let out = self.coords[via].admin(&["build", "get", id, "--json"]).ok();
+        serde_json::from_str(&out.stdout).expect("build get --json")
+    }
+
+    /// One row per table of rows written under `epoch` after `later` began.
+    fn written_under_after(&self, epoch: u64, later: u64) -> u64 {
+        let union = [
+            "helix_tokens",
+            "helix_agents",
+            "helix_builds",
+            "helix_jobs",
+            "helix_cache",
+        ]
+        .map(|t| format!("SELECT epoch, written_at FROM {t}"))
+        .join(" UNION ALL ");
+        let sql = format!(
+            "SELECT count(*) FROM ({union}) w WHERE w.epoch = {epoch} \
+             AND w.written_at > (SELECT began_at FROM helix_epochs WHERE epoch = {later})"
+        );
+        self.pg
+            .psql(&sql)
+            .expect("query")
+            .trim()
+            .parse()
+            .expect("a count")
+    }
+}
+
+/// `cluster status --json` through `via`: the leader's address.
+fn leader_of(via: &Coordinator) -> Option<String> {
+    let out = via.admin(&["cluster", "status", "--json"]);
+    if out.code != Some(0) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    v["leader"].as_str().map(str::to_string)
+}
+
+fn epoch_of(via: &Coordinator) -> u64 {
+    let out = via.admin(&["cluster", "status", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    v["epoch"].as_u64().expect("epoch")
+}
+
+fn phase(build: &serde_json::Value) -> String {
+    let phase = &build["build"]["phase"];
+    match phase.as_str() {
+        Some(s) => s.to_string(),
+        None => phase
+            .as_object()
+            .and_then(|o| o.keys().next().cloned())
+            .unwrap_or_default(),
+    }
+}
+
+fn job_running(build: &serde_json::Value) -> bool {
+    build["jobs"]
+        .as_array()
+        .is_some_and(|jobs| jobs.iter().any(|j| j["state"]["Running"].is_object()))
+}
+
+#[test]
+fn kill9_of_the_leader_hands_over_and_every_build_succeeds_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cluster = HaCluster::start(root.path(), 2, 2);
+    let mut cluster = cluster;
+    let repo = sleepy_repo(&root.path().join("repo"), "ha-kill-marker", 3);
+    let ids: Vec<String> = (0..10)
+        .map(|n| cluster.submit(0, &repo, &format!("ha/app:v{n}")))
+        .collect();
+    wait_for(Duration::from_secs(60), "a build to run", || {
+        ids.iter()
+            .any(|id| job_running(&cluster.get(0, id)))
+            .then_some(())
+    });
+
+    let standby = cluster.coords[1].addr().to_string();
+    let killed = Instant::now();
+    cluster.coords[0].kill9();
+    wait_for(Duration::from_secs(40), "the standby to lead", || {
+        (leader_of(&cluster.coords[1]).as_deref() == Some(standby.as_str())).then_some(())
+    });
+    let takeover = killed.elapsed();
+    eprintln!(
+        "FIGURE takeover after kill -9 of the leader: {:.1} s (lease-ttl 10 s, lease-renew 2 s)",
+        takeover.as_secs_f64()
+    );
+    // The agents were told only c1's address: they learnt c2 from it.
+    for agent in &cluster.agents {
+        wait_for(Duration::from_secs(60), "agents to reconnect to c2", || {
+            find_agent(&cluster.coords[1].agents(), &agent.name)
+                .filter(|a| a["connected"] == true)
+                .map(|_| ())
+        });
+    }
+    for id in &ids {
+        let out = cluster.coords[1].admin(&["build", "wait", id, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|_| panic!("build wait --json: {out:?}"));
+        assert_eq!(out.code, Some(0), "build {id} did not succeed: {v}");
+        assert_eq!(phase(&v), "Succeeded", "{v}");
+    }
+    // Exactly one terminal state each, in the store: ten builds, all succeeded, none
+    // active, and the registry holds the index each build reports.
+    let rows = cluster
+        .pg
+        .psql(
+            "SELECT count(*) FILTER (WHERE record->'phase' ? 'Succeeded'), \
+             count(*) FILTER (WHERE active), count(*) FROM helix_builds",
+        )
+        .expect("query");
+    assert_eq!(rows.trim(), "10|0|10");
+    for (n, id) in ids.iter().enumerate() {
+        let v = cluster.get(1, id);
+        let digest = v["build"]["phase"]["Succeeded"]["index_digest"]
+            .as_str()
+            .expect("index digest")
+            .to_string();
+        let raw = cluster.registry.inspect_raw(&format!("ha/app:v{n}")).ok();
+        let pushed = format!(
+            "sha256:{}",
+            crate::builds::sha256_hex(raw.stdout.as_bytes())
+        );
+        assert_eq!(
+            pushed, digest,
+            "the index under ha/app:v{n} is the one recorded"
+        );
+    }
+    let log = cluster.coords[1].log();
+    assert!(log.contains("elected leader"), "{log}");
+}
+
+#[test]
+fn a_paused_leader_is_fenced_and_steps_down() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cluster = HaCluster::start(root.path(), 2, 1);
+    let repo = sleepy_repo(&root.path().join("repo"), "ha-stop-marker", 4);
+    let ids: Vec<String> = (0..3)
+        .map(|n| cluster.submit(0, &repo, &format!("ha/stop:v{n}")))
+        .collect();
+    wait_for(Duration::from_secs(60), "a build to run", || {
+        ids.iter()
+            .any(|id| job_running(&cluster.get(0, id)))
+            .then_some(())
+    });
+    let old_epoch = epoch_of(&cluster.coords[0]);
+
+    let paused = cluster.coords[0].proc.as_ref().expect("running");
+    paused.signal(libc::SIGSTOP);
+    let standby = cluster.coords[1].addr().to_string();
+    wait_for(Duration::from_secs(40), "the standby to lead", || {
+        (leader_of(&cluster.coords[1]).as_deref() == Some(standby.as_str())).then_some(())
+    });
+    let new_epoch = epoch_of(&cluster.coords[1]);
+    assert!(new_epoch > old_epoch);
+    // Let the new leader work a while, then wake the old one up.
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.coords[0]
+        .proc
+        .as_ref()
+        .expect("running")
+        .signal(libc::SIGCONT);
+    wait_for(
+        Duration::from_secs(30),
+        "the old leader to step down",
+        || {
+            cluster.coords[0]
+                .log()
+                .contains("stepping down")
+                .then_some(())
+        },
+    );
+    for id in &ids {
+        let out = cluster.coords[1].admin(&["build", "wait", id, "--json"]);
+        assert_eq!(out.code, Some(0), "build {id}: {out:?}");
+    }
+    // The old leader now redirects to the new one.
+    assert_eq!(
+        leader_of(&cluster.coords[0]).as_deref(),
+        Some(standby.as_str())
+    );
+
+    // From the database: nothing written under the old epoch once the new one began,
+    // while the new leader did write (so the query can see writes at all).
+    assert_eq!(cluster.written_under_after(old_epoch, new_epoch), 0);
+    let new_rows: u64 = cluster
+        .pg
+        .psql(&format!(
+            "SELECT count(*) FROM helix_jobs WHERE epoch = {new_epoch}"
+        ))
+        .expect("query")
+        .trim()
+        .parse()
+        .expect("count");
+    assert!(new_rows > 0, "the new leader wrote no job");
+    let log = cluster.coords[0].log();
+    assert!(
+        !log.contains("elected leader; resuming") || log.matches("elected leader").count() == 1,
+        "the old leader did not lead again: {log}"
+    );
+}
+
+#[test]
+fn postgres_restarted_under_a_build_loses_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cluster = HaCluster::start(root.path(), 1, 1);
+    let repo = sleepy_repo(&root.path().join("repo"), "ha-pg-marker", 6);
+    let id = cluster.submit(0, &repo, "ha/pg:v1");
+    wait_for(Duration::from_secs(60), "the build to run", || {
+        job_running(&cluster.get(0, &id)).then_some(())
+    });
+    let metrics = cluster.coords[0].metrics_addr();
+    assert_eq!(crate::metrics::scrape(&metrics, "/readyz").0, 200);
+
+    cluster.pg.stop().expect("stop PostgreSQL");
+    wait_for(Duration::from_secs(20), "/readyz to say not ready", || {
+        (crate::metrics::scrape(&metrics, "/readyz").0 == 503).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.pg.start_again().expect("start PostgreSQL again");
+    wait_for(Duration::from_secs(30), "/readyz to say ready", || {
+        (crate::metrics::scrape(&metrics, "/readyz").0 == 200).then_some(())
+    });
+    let out = cluster.coords[0].admin(&["build", "wait", &id, "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("build wait --json: {out:?}"));
+    assert_eq!(out.code, Some(0), "{v}");
+    assert_eq!(phase(&v), "Succeeded", "{v}");
+    let log = cluster.coords[0].log();
+    assert!(
+        log.contains("unavailable") || log.contains("cannot reach the store"),
+        "{log}"
+    );
+}
