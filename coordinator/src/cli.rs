@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use helix_coordinator::store::config::StoreConfig;
 
 /// Where the data directory is by default (the systemd unit's StateDirectory).
 pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/helix-coordinator";
@@ -29,14 +30,18 @@ pub(crate) struct Global {
     /// for admin.pem when --admin-cert is not given.
     #[arg(long, global = true, env = "HELIX_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub(crate) data_dir: PathBuf,
-    /// Coordinator address for admin commands.
+    /// Coordinator address for admin commands, HOST:PORT. Repeat it (or give a
+    /// comma-separated list) to name several coordinators of the cluster: they are
+    /// tried in order and a standby's redirect leads to the leader.
     #[arg(
         long,
         global = true,
         env = "HELIX_COORDINATOR",
-        default_value = "127.0.0.1:7443"
+        default_value = "127.0.0.1:7443",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
     )]
-    pub(crate) coordinator: String,
+    pub(crate) coordinator: Vec<String>,
     /// Admin certificate bundle for admin commands [default: DATA_DIR/admin.pem].
     #[arg(long, global = true, env = "HELIX_ADMIN_CERT")]
     pub(crate) admin_cert: Option<PathBuf>,
@@ -69,6 +74,20 @@ pub(crate) enum Command {
     /// The result cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// The coordinators of the cluster and which one leads.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Each coordinator's advertised address, which one leads, the leader's epoch and
+    /// when its lease runs out.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,13 +202,67 @@ pub(crate) struct SubmitArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
-    /// The cluster's name: the trust domain in every certificate's SPIFFE id.
-    #[arg(long, default_value = "helix")]
-    pub(crate) cluster: String,
+    /// The cluster's name: the trust domain in every certificate's SPIFFE id
+    /// [default: helix, or with --ca-from the name in DIR/admin.pem].
+    #[arg(long)]
+    pub(crate) cluster: Option<String>,
     /// Extra DNS name or IP address for the server certificate (repeatable);
-    /// localhost, 127.0.0.1 and ::1 are always included.
+    /// localhost, 127.0.0.1 and ::1 are always included. Give every name agents and
+    /// admins dial, and the host of --advertise.
     #[arg(long = "san")]
     pub(crate) sans: Vec<String>,
+    /// Join an existing cluster: take the CA (ca.pem, ca.key, and admin.pem for the
+    /// cluster name) from DIR, a copy of the first coordinator's data directory made
+    /// over a secure channel, instead of making a new CA. This coordinator still gets
+    /// its own server certificate and admin bundle.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) ca_from: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+}
+
+/// Where the coordinator's state lives; `init` and `serve` take the same options.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// The store: `redb` (the embedded database in the data directory, one
+    /// coordinator) or `postgres://user@host:port/db` (shared by every coordinator of
+    /// the cluster; one leads at a time). Put the password in store-password-file,
+    /// not here: a command line is visible to every user of the host.
+    #[arg(long = "store", env = "HELIX_STORE", default_value = "redb", value_parser = StoreParser)]
+    pub(crate) store: StoreConfig,
+    /// File holding the PostgreSQL password (mode 0600; one line). Used when the store
+    /// URL has no password; PGPASSWORD is the fallback.
+    #[arg(long, env = "HELIX_STORE_PASSWORD_FILE", value_name = "PATH")]
+    pub(crate) store_password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for the PostgreSQL server's certificate
+    /// (with sslmode=require), besides the system's.
+    #[arg(long, env = "HELIX_STORE_CA_FILE", value_name = "PATH")]
+    pub(crate) store_ca_file: Option<PathBuf>,
+}
+
+/// Parses `--store` without ever echoing the value: clap's own message for a bad
+/// value quotes it, and a PostgreSQL URL may carry a password.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreParser;
+
+impl clap::builder::TypedValueParser for StoreParser {
+    type Value = StoreConfig;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreConfig, clap::Error> {
+        let fail = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| fail("invalid value for --store: not UTF-8\n".into()))?;
+        text.parse::<StoreConfig>()
+            .map_err(|e| fail(format!("invalid value for --store: {e}\n")))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +305,49 @@ pub(crate) struct ServeArgs {
     /// turn it off.
     #[arg(long, env = "HELIX_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub(crate) metrics_listen: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// HOST:PORT at which the other coordinators send agents and admins to this one
+    /// while it leads [default: the listen address]. Needed with a shared store when
+    /// listening on a wildcard address; its host must be in the server certificate
+    /// (init --san).
+    #[arg(long, env = "HELIX_ADVERTISE", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub(crate) advertise: Option<String>,
+    /// With a shared store: a leader that has not renewed its lease for this long is
+    /// replaced. Shorter fails over faster; longer rides out database hiccups.
+    #[arg(long, env = "HELIX_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) lease_ttl: Duration,
+    /// With a shared store: how often the leader renews its lease (and standbys
+    /// check it). Must be under half of lease-ttl, so one failed renewal is not fatal.
+    #[arg(long, env = "HELIX_LEASE_RENEW", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) lease_renew: Duration,
+}
+
+/// `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`, checked for shape only (it is an address
+/// for others to dial, so it is not resolved here).
+pub(crate) fn parse_host_port(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not HOST:PORT (e.g. coord-1.example.com:7443 or 10.0.0.5:7443)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(bad()),
+    }
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let ok = match bare {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && !host.contains(':')
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        }
+    };
+    if !ok {
+        return Err(bad());
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,14 +5,15 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use helix_coordinator::client::{AdminClient, ClientError};
 use helix_coordinator::datadir::DataDir;
-use helix_coordinator::init::{init, InitError};
+use helix_coordinator::init::{init, InitError, InitOptions};
 use helix_coordinator::server::{ServeOptions, Server};
+use helix_coordinator::store::config::StoreConfig;
 use helix_protocol::wire::{AdminRequest, AdminResponse, RejectCode};
 use helix_protocol::{AgentAction, AgentInfo};
 use helix_transport::files::AdminBundle;
 
 use crate::cli::{
-    AgentArg, AgentsCommand, Cli, Command, ConfigCommand, Global, ServeArgs, TokenCommand,
+    AgentArg, AgentsCommand, Cli, Command, ConfigCommand, Global, InitArgs, ServeArgs, TokenCommand,
 };
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure to do it.
@@ -24,8 +25,8 @@ pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<UsageError>().is_some() {
         return 2;
     }
-    if let Some(InitError::AlreadyInitialized(_) | InitError::Cluster(_)) =
-        e.downcast_ref::<InitError>()
+    if e.downcast_ref::<InitError>()
+        .is_some_and(InitError::is_usage)
     {
         return 2;
     }
@@ -50,23 +51,7 @@ pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
-        Command::Init(args) => {
-            let dir = DataDir::new(&g.data_dir);
-            let made = init(&dir, &args.cluster, &args.sans)?;
-            eprintln!(
-                "Initialized cluster {:?} in {}",
-                made.cluster,
-                dir.root().display()
-            );
-            eprintln!("  CA fingerprint (sha256): {}", made.ca_fingerprint);
-            eprintln!("  server certificate names: {}", made.sans.join(", "));
-            eprintln!("  admin bundle: {}", dir.admin_bundle().display());
-            eprintln!(
-                "Next: helix-coordinator serve --data-dir {}",
-                dir.root().display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Init(args) => init_cmd(g, args).await,
         Command::Serve(args) => serve(g, args).await,
         Command::Token(TokenCommand::Create { ttl, uses }) => {
             let client = connect(g).await?;
@@ -79,11 +64,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client.close().await;
             match resp? {
                 AdminResponse::Token { token, uses, .. } => {
+                    let (in_file, flags) = coordinator_settings(&g.coordinator);
                     eprintln!(
-                        "Join token valid for {} and {uses} use(s). On the agent host, put it in a 0600 file named by\n  join-token-file in /etc/helix/agent.toml (with coordinator = \"{}\") and start helix-agent,\n  or run: helix-agent join --coordinator {} --token-file FILE",
+                        "Join token valid for {} and {uses} use(s). On the agent host, put it in a 0600 file named by\n  join-token-file in /etc/helix/agent.toml (with coordinator = {in_file}) and start helix-agent,\n  or run: helix-agent join {flags} --token-file FILE",
                         humantime::format_duration(ttl),
-                        g.coordinator,
-                        g.coordinator
                     );
                     println!("{token}");
                     Ok(ExitCode::SUCCESS)
@@ -126,7 +110,81 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client.close().await;
             result
         }
+        Command::Cluster(cmd) => {
+            let client = connect(g).await?;
+            let result = crate::cluster_cmd::run(&client, cmd).await;
+            client.close().await;
+            result
+        }
     }
+}
+
+/// How to name the coordinators to an agent: the config value and the join flags.
+fn coordinator_settings(addrs: &[String]) -> (String, String) {
+    let quoted: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
+    let in_file = match quoted.as_slice() {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    };
+    let flags = addrs
+        .iter()
+        .map(|a| format!("--coordinator {a}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    (in_file, flags)
+}
+
+async fn init_cmd(g: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::new(&g.data_dir);
+    let (store, password) = crate::cluster_opts::store(
+        &args.store,
+        std::env::var(crate::cluster_opts::PGPASSWORD).ok(),
+    )
+    .map_err(UsageError)?;
+    if matches!(store, StoreConfig::Postgres(_)) {
+        tracing::info!(%store, "PostgreSQL password from {password}");
+    }
+    let opts = InitOptions {
+        cluster: args.cluster,
+        sans: args.sans,
+        store,
+        ca_from: args.ca_from.clone(),
+    };
+    let made = init(&dir, &opts).await?;
+    eprintln!(
+        "Initialized cluster {:?} in {}",
+        made.cluster,
+        dir.root().display()
+    );
+    match &args.ca_from {
+        Some(from) => eprintln!(
+            "  CA fingerprint (sha256): {} (shared, from {})",
+            made.ca_fingerprint,
+            from.display()
+        ),
+        None => eprintln!("  CA fingerprint (sha256): {}", made.ca_fingerprint),
+    }
+    eprintln!("  server certificate names: {}", made.sans.join(", "));
+    eprintln!("  admin bundle: {}", dir.admin_bundle().display());
+    eprintln!("  store: {}", made.store);
+    if made.shared_ca {
+        eprintln!(
+            "  Remove the copied CA files from {} now that they are in place.",
+            args.ca_from
+                .as_deref()
+                .unwrap_or(std::path::Path::new("DIR"))
+                .display()
+        );
+    }
+    let store_flag = match &opts.store {
+        StoreConfig::Redb => String::new(),
+        StoreConfig::Postgres(_) => format!(" --store {}", made.store),
+    };
+    eprintln!(
+        "Next: helix-coordinator serve --data-dir {}{store_flag}",
+        dir.root().display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -137,7 +195,39 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started_with = config_file
         .as_deref()
         .and_then(|f| crate::config::check(f).ok());
-    let mut opts = ServeOptions::new(DataDir::new(&g.data_dir), args.listen);
+    let lease = crate::cluster_opts::lease(args.lease_ttl, args.lease_renew).map_err(UsageError)?;
+    let (store, password) = crate::cluster_opts::store(
+        &args.store,
+        std::env::var(crate::cluster_opts::PGPASSWORD).ok(),
+    )
+    .map_err(UsageError)?;
+    let shared = matches!(store, StoreConfig::Postgres(_));
+    if shared && args.advertise.is_none() && args.listen.ip().is_unspecified() {
+        return Err(UsageError(format!(
+            "with a shared store, give --advertise HOST:PORT: the listen address {} is not one the other coordinators can send agents and admins to",
+            args.listen
+        ))
+        .into());
+    }
+    let dir = DataDir::new(&g.data_dir);
+    if !dir.is_initialized_for(&store) && dir.is_initialized() {
+        let hint = match &store {
+            StoreConfig::Redb => "it was initialized for a PostgreSQL store (pass the same --store as to init), or its helix.redb was removed",
+            StoreConfig::Postgres(_) => "it was initialized for the embedded store (serve it without --store), or its keys were removed",
+        };
+        return Err(UsageError(format!(
+            "{} is initialized, but not for the store {store}: {hint}",
+            dir.root().display()
+        ))
+        .into());
+    }
+    if shared {
+        tracing::info!(%store, advertise = ?args.advertise, "shared store; PostgreSQL password from {password}");
+    }
+    let mut opts = ServeOptions::new(dir, args.listen);
+    opts.store = store;
+    opts.advertise = args.advertise;
+    opts.lease = lease;
     opts.agent_cert_ttl = args.agent_cert_ttl;
     opts.idle_timeout = args.idle_timeout;
     opts.allow_file_repos = args.allow_file_repos;
@@ -196,7 +286,7 @@ pub(crate) async fn connect(g: &Global) -> anyhow::Result<AdminClient> {
             "cannot load the admin certificate bundle: {e} (pass --admin-cert FILE or set HELIX_ADMIN_CERT)"
         ))
     })?;
-    Ok(AdminClient::connect(&g.coordinator, &bundle).await?)
+    Ok(AdminClient::connect_any(&g.coordinator, &bundle).await?)
 }
 
 async fn agents(g: &Global, cmd: AgentsCommand) -> anyhow::Result<ExitCode> {

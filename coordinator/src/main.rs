@@ -3,6 +3,8 @@
 
 mod build_cmd;
 mod cli;
+mod cluster_cmd;
+mod cluster_opts;
 mod commands;
 mod config;
 
