@@ -336,16 +336,30 @@ fn postgres_restarted_under_a_build_loses_nothing() {
     let metrics = cluster.coords[0].metrics_addr();
     assert_eq!(crate::metrics::scrape(&metrics, "/readyz").0, 200);
 
+    let t0 = Instant::now();
     cluster.pg.stop().expect("stop PostgreSQL");
     wait_for(Duration::from_secs(20), "/readyz to say not ready", || {
         (crate::metrics::scrape(&metrics, "/readyz").0 == 503).then_some(())
     });
+    eprintln!(
+        "FIGURE /readyz not ready {:.1} s after PostgreSQL stopped",
+        t0.elapsed().as_secs_f64()
+    );
     std::thread::sleep(Duration::from_secs(3));
+    let t1 = Instant::now();
     cluster.pg.start_again().expect("start PostgreSQL again");
     wait_for(Duration::from_secs(30), "/readyz to say ready", || {
         (crate::metrics::scrape(&metrics, "/readyz").0 == 200).then_some(())
     });
+    eprintln!(
+        "FIGURE /readyz ready {:.1} s after PostgreSQL restarted",
+        t1.elapsed().as_secs_f64()
+    );
     let out = cluster.coords[0].admin(&["build", "wait", &id, "--json"]);
+    eprintln!(
+        "FIGURE build finished {:.1} s after PostgreSQL restarted",
+        t1.elapsed().as_secs_f64()
+    );
     let v: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("build wait --json: {out:?}"));
     assert_eq!(out.code, Some(0), "{v}");
