@@ -52,9 +52,17 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct JoinArgs {
-    /// The coordinator, HOST:PORT.
-    #[arg(long, env = "HELIX_COORDINATOR", value_parser = parse_address)]
-    pub(crate) coordinator: String,
+    /// The coordinator, HOST:PORT (repeatable, or a comma list: tried in turn; a
+    /// standby coordinator sends the agent on to the leader).
+    #[arg(
+        long = "coordinator",
+        value_name = "COORDINATOR",
+        env = "HELIX_COORDINATOR",
+        value_delimiter = ',',
+        required = true,
+        value_parser = parse_address
+    )]
+    pub(crate) coordinators: Vec<String>,
     /// The join token printed by `helix-coordinator token create`. Prefer
     /// --token-file or HELIX_JOIN_TOKEN: a command line is visible to every user.
     #[arg(
@@ -85,8 +93,17 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "HELIX_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub(crate) data_dir: PathBuf,
     /// The coordinator, HOST:PORT [default: the one joined through]. Needed to enrol.
-    #[arg(long, env = "HELIX_COORDINATOR", value_parser = parse_address)]
-    pub(crate) coordinator: Option<String>,
+    /// Repeatable, or a comma list, for a cluster of several coordinators (one leader,
+    /// standbys): they are tried in turn, the last leader first, and the agent also
+    /// learns the others from the leader (kept in the data dir).
+    #[arg(
+        long = "coordinator",
+        value_name = "COORDINATOR",
+        env = "HELIX_COORDINATOR",
+        value_delimiter = ',',
+        value_parser = parse_address
+    )]
+    pub(crate) coordinators: Vec<String>,
     /// A platform this host builds natively, e.g. linux/arm64 (repeatable, or a comma
     /// list). Replaces the detected platform.
     #[arg(
@@ -205,13 +222,7 @@ fn parse_platform(s: &str) -> Result<String, String> {
 
 /// `HOST:PORT` (or `[v6]:PORT`), checked for its shape; resolved only when used.
 pub(crate) fn parse_address(s: &str) -> Result<String, String> {
-    let bad =
-        || format!("expected HOST:PORT (e.g. 127.0.0.1:7443 or coord.example.com:7443), got {s:?}");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.chars().any(char::is_whitespace) || port.parse::<u16>().is_err() {
-        return Err(bad());
-    }
+    helix_agent::coordinators::check_address(s)?;
     Ok(s.to_string())
 }
 

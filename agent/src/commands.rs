@@ -42,6 +42,7 @@ pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
         return match e {
             JoinError::AlreadyJoined { .. }
             | JoinError::InvalidName(_)
+            | JoinError::NoCoordinator
             | JoinError::Connect(ConnectError::BadAddress(_)) => 2,
             _ => 1,
         };
@@ -79,7 +80,7 @@ async fn join_cmd(args: JoinArgs) -> anyhow::Result<ExitCode> {
     let name = args.name.unwrap_or_else(host::default_name);
     let dir = DataDir::new(&args.data_dir);
     let opts = JoinOptions {
-        coordinator: args.coordinator,
+        coordinators: args.coordinators,
         token,
         data_dir: dir.clone(),
         name,
@@ -127,7 +128,7 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, UsageError> {
     };
     Ok(RunOptions {
         data_dir: DataDir::new(&args.data_dir),
-        coordinator: args.coordinator.clone(),
+        coordinators: args.coordinators.clone(),
         platforms: platforms_of(args)?,
         capacity: args.capacity,
         labels: args.labels.iter().cloned().collect(),
@@ -357,7 +358,7 @@ async fn doctor_cmd(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let opts = DoctorOptions {
         data_dir: DataDir::new(&run_args.data_dir),
         builder: run_args.builder,
-        coordinator: run_args.coordinator.clone(),
+        coordinators: run_args.coordinators.clone(),
         token: JoinTokenConfig {
             file: run_args.join_token_file.clone(),
             env: env_token(),

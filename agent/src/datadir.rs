@@ -6,6 +6,9 @@
 //!                       replaced atomically, so a renewal never leaves a mismatched pair)
 //!   ca.pem              the cluster CA certificate, pinned by the join token
 //!   agent.json          agent id, cluster, coordinator address, name
+//!   coordinators.json   the cluster's coordinators as the leader last listed them
+//!                       (`{"coordinators": ["HOST:PORT", ...]}`), tried after the
+//!                       configured ones; replaced atomically, missing until learned
 //!   work/         0700  one private dir per job attempt, `<job>-<attempt>/`: the
 //!                       source (`src/`; for an uploaded context, downloaded first
 //!                       to `context.tar`), the built image (`layout/`) and the
@@ -56,6 +59,13 @@ pub struct Enrollment {
     pub name: String,
 }
 
+/// `coordinators.json`: the coordinators the agent learned from the cluster. Unknown
+/// fields are allowed, so an older agent can read what a newer one wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct LearnedCoordinators {
+    coordinators: Vec<String>,
+}
+
 /// The paths of an agent data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir {
@@ -84,6 +94,11 @@ impl DataDir {
     /// The [`Enrollment`] record.
     pub fn enrollment(&self) -> PathBuf {
         self.root.join("agent.json")
+    }
+
+    /// The coordinators learned from the cluster (see [`DataDir::load_coordinators`]).
+    pub fn coordinators(&self) -> PathBuf {
+        self.root.join("coordinators.json")
     }
 
     /// The job work dirs.
@@ -154,6 +169,38 @@ impl DataDir {
         Ok(())
     }
 
+    /// Read the coordinators learned from the cluster; empty when none were learned
+    /// yet (no file).
+    pub fn load_coordinators(&self) -> Result<Vec<String>, DataDirError> {
+        let path = self.coordinators();
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let text = files::read_public(&path)?;
+        let learned: LearnedCoordinators =
+            serde_json::from_str(&text).map_err(|e| DataDirError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("not a list of coordinators: {e}"),
+            })?;
+        Ok(learned.coordinators)
+    }
+
+    /// Write `coordinators.json` atomically: a crash leaves the old list or the new
+    /// one, never a torn file.
+    pub fn save_coordinators(&self, coordinators: &[String]) -> Result<(), DataDirError> {
+        let learned = LearnedCoordinators {
+            coordinators: coordinators.to_vec(),
+        };
+        let mut text =
+            serde_json::to_string_pretty(&learned).map_err(|e| DataDirError::Corrupt {
+                path: self.coordinators().display().to_string(),
+                reason: format!("cannot encode the list of coordinators: {e}"),
+            })?;
+        text.push('\n');
+        files::replace_atomically(&self.coordinators(), text.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
     /// Read the cluster CA certificate.
     pub fn load_ca(&self) -> Result<String, DataDirError> {
         if !self.is_joined() && !self.ca().exists() {
@@ -201,5 +248,40 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.enrollment()).expect("read"))
                 .expect("json");
         assert_eq!(json["agent_id"], record.agent_id.to_string());
+    }
+
+    #[test]
+    fn the_learned_coordinators_round_trip() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        assert_eq!(
+            dir.load_coordinators().expect("no file yet"),
+            Vec::<String>::new()
+        );
+        let list = vec!["a.example:7443".to_string(), "[::1]:7443".to_string()];
+        dir.save_coordinators(&list).expect("save");
+        assert_eq!(dir.load_coordinators().expect("load"), list);
+        // Replaced, not appended to; no temp file is left beside it.
+        dir.save_coordinators(&list[1..]).expect("save");
+        assert_eq!(dir.load_coordinators().expect("load"), ["[::1]:7443"]);
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["coordinators.json"]);
+        // A newer agent's extra fields do not stop an older one.
+        std::fs::write(
+            dir.coordinators(),
+            r#"{"coordinators": ["b.example:7443"], "epoch": 4}"#,
+        )
+        .expect("write");
+        assert_eq!(dir.load_coordinators().expect("load"), ["b.example:7443"]);
+        std::fs::write(dir.coordinators(), "[1, 2").expect("write");
+        let err = dir.load_coordinators().expect_err("damaged");
+        assert!(
+            err.to_string()
+                .contains("coordinators.json: not a list of coordinators"),
+            "{err}"
+        );
     }
 }

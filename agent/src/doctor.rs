@@ -2,6 +2,8 @@
 //! touching its state: the builder, the data dir and its free space, the enrolment
 //! (identity, or the join token a first start will use), the certificate's expiry,
 //! the clock, and that the coordinator is reachable and is the one of this cluster.
+//! With several coordinators (configured, or learned from the cluster), each gets a
+//! `coordinator` row; one that does not answer is a warning while another does.
 //!
 //! Everything that depends on the machine goes through [`Machine`] ([`RealMachine`] in
 //! production), so each check's rules are tested with fakes.
@@ -30,6 +32,7 @@ use helix_transport::{connect, tls};
 use time::OffsetDateTime;
 
 use crate::builder::{self, BoxFuture, BuilderKind, BuilderUnavailable};
+use crate::coordinators;
 use crate::datadir::DataDir;
 use crate::enrol::{self, JoinTokenConfig};
 use crate::identity::AgentIdentity;
@@ -140,8 +143,8 @@ pub trait Machine: Send + Sync {
 pub struct DoctorOptions {
     pub data_dir: DataDir,
     pub builder: BuilderKind,
-    /// The configured coordinator; `None` for the one recorded at enrolment.
-    pub coordinator: Option<String>,
+    /// The configured coordinators; empty for the one recorded at enrolment.
+    pub coordinators: Vec<String>,
     pub token: JoinTokenConfig,
 }
 
@@ -164,7 +167,7 @@ pub async fn diagnose(opts: &DoctorOptions, machine: &dyn Machine) -> Vec<Check>
             "not measured: the coordinator does not report its clock in protocol version {PROTOCOL_VERSION}"
         ),
     ));
-    checks.push(coordinator_check(opts, &enrolled, machine).await);
+    checks.extend(coordinator_checks(opts, &enrolled, machine).await);
     checks
 }
 
@@ -359,7 +362,7 @@ fn enrolment(opts: &DoctorOptions) -> Enrolment {
         }
         Err(e) => return failed(e.to_string()),
     };
-    if opts.coordinator.is_none() {
+    if opts.coordinators.is_empty() {
         return failed(enrol::EnrolError::NoCoordinator.to_string());
     }
     let from = match (&opts.token.env, &opts.token.file) {
@@ -433,55 +436,83 @@ fn clock_check(state: ClockState) -> Check {
     }
 }
 
-async fn coordinator_check(
+/// One `coordinator` row per address `run` would dial: the configured ones (or the
+/// recorded one) and, once enrolled, the ones learned from the cluster.
+async fn coordinator_checks(
     opts: &DoctorOptions,
     enrolled: &Enrolment,
     machine: &dyn Machine,
-) -> Check {
+) -> Vec<Check> {
     let row = |status, detail: String| Check::new("coordinator", status, detail);
-    let Some(addr) = opts
-        .coordinator
-        .clone()
-        .or_else(|| enrolled.recorded.clone())
-    else {
-        return row(
+    let configured = if opts.coordinators.is_empty() {
+        enrolled.recorded.iter().cloned().collect()
+    } else {
+        opts.coordinators.clone()
+    };
+    if configured.is_empty() {
+        return vec![row(
             Status::Fail,
             "no coordinator address: set coordinator = \"HOST:PORT\" in the configuration".into(),
-        );
-    };
-    let (target, verified) = match (&enrolled.identity, &enrolled.token) {
-        (Some((ca_pem, identity)), _) => (
-            Reach::Agent {
-                coordinator: &addr,
-                ca_pem,
-                identity,
-            },
-            "server certificate verified against the cluster CA",
-        ),
-        (None, Some(token)) => (
-            Reach::Join {
-                coordinator: &addr,
-                token,
-            },
-            "its certificate chain holds the CA the join token pins",
-        ),
-        (None, None) => {
-            return row(
-                Status::Skip,
-                format!("{addr}: not checked without a certificate or a join token"),
-            )
-        }
-    };
-    match machine.reach(target).await {
-        Ok(took) => row(
-            Status::Ok,
-            format!(
-                "{addr} reachable (handshake {} ms); {verified}",
-                took.as_millis()
-            ),
-        ),
-        Err(e) => row(Status::Fail, e),
+        )];
     }
+    // A damaged list is `run`'s to replace; doctor only reads what it can.
+    let learned = match &enrolled.identity {
+        Some(_) => opts.data_dir.load_coordinators().unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let addresses = coordinators::rotation(None, &configured, &learned);
+    let mut rows = Vec::new();
+    for addr in &addresses {
+        let source = if configured.contains(addr) {
+            ""
+        } else {
+            " (learned from the cluster)"
+        };
+        let (target, verified) = match (&enrolled.identity, &enrolled.token) {
+            (Some((ca_pem, identity)), _) => (
+                Reach::Agent {
+                    coordinator: addr,
+                    ca_pem,
+                    identity,
+                },
+                "server certificate verified against the cluster CA",
+            ),
+            (None, Some(token)) => (
+                Reach::Join {
+                    coordinator: addr,
+                    token,
+                },
+                "its certificate chain holds the CA the join token pins",
+            ),
+            (None, None) => {
+                rows.push(row(
+                    Status::Skip,
+                    format!("{addr}: not checked without a certificate or a join token"),
+                ));
+                continue;
+            }
+        };
+        rows.push(match machine.reach(target).await {
+            Ok(took) => row(
+                Status::Ok,
+                format!(
+                    "{addr}{source} reachable (handshake {} ms); {verified}",
+                    took.as_millis()
+                ),
+            ),
+            Err(e) => row(Status::Fail, format!("{e}{source}")),
+        });
+    }
+    // The agent works while any coordinator answers (a standby sends it on to the
+    // leader): the others are warnings then.
+    if rows.iter().any(|r| r.status == Status::Ok) {
+        for r in &mut rows {
+            if r.status == Status::Fail {
+                r.status = Status::Warn;
+            }
+        }
+    }
+    rows
 }
 
 /// This host.

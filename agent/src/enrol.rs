@@ -17,7 +17,6 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use helix_protocol::wire::RejectCode;
 use helix_protocol::JoinToken;
 use helix_transport::connect::ConnectError;
 use helix_transport::files::{self, FileError};
@@ -59,8 +58,8 @@ impl JoinTokenConfig {
 /// What enrolment needs besides the token.
 #[derive(Debug, Clone)]
 pub struct EnrolOptions {
-    /// The coordinator, `HOST:PORT` (required to enrol).
-    pub coordinator: Option<String>,
+    /// The coordinators, `HOST:PORT` each (at least one to enrol), tried in turn.
+    pub coordinators: Vec<String>,
     /// The agent's name [default: the host name].
     pub name: Option<String>,
     pub token: JoinTokenConfig,
@@ -83,7 +82,7 @@ pub enum EnrolError {
     #[error("invalid join token in {origin}: {reason}")]
     BadToken { origin: String, reason: String },
     /// No coordinator to enrol with.
-    #[error("to enrol, the agent needs the coordinator's address: set coordinator = \"HOST:PORT\" in the configuration (or HELIX_COORDINATOR, --coordinator)")]
+    #[error("to enrol, the agent needs the coordinator's address: set coordinator = \"HOST:PORT\" in the configuration, or a list of them for several coordinators (or HELIX_COORDINATOR, --coordinator)")]
     NoCoordinator,
     /// The join itself failed for a reason retrying cannot change.
     #[error(transparent)]
@@ -99,6 +98,7 @@ impl EnrolError {
                 e,
                 JoinError::AlreadyJoined { .. }
                     | JoinError::InvalidName(_)
+                    | JoinError::NoCoordinator
                     | JoinError::Untrusted { .. }
                     | JoinError::Rejected { .. }
                     | JoinError::Connect(ConnectError::BadAddress(_))
@@ -121,14 +121,10 @@ pub enum Enrolled {
 }
 
 /// Whether a failed join may succeed when tried again (the coordinator is down or
-/// restarting, the network dropped), as opposed to a refusal.
+/// restarting, the network dropped, the leader is changing), as opposed to a
+/// refusal ([`JoinError::is_transient`]).
 pub fn is_transient(e: &JoinError) -> bool {
-    match e {
-        JoinError::Connect(ConnectError::BadAddress(_)) => false,
-        JoinError::Connect(_) | JoinError::Stream(_) | JoinError::Protocol(_) => true,
-        JoinError::Rejected { code, .. } => *code == RejectCode::Internal,
-        _ => false,
-    }
+    e.is_transient()
 }
 
 /// Reads the configured token: `HELIX_JOIN_TOKEN` if set, else the file (refused
@@ -186,15 +182,18 @@ where
             file.display()
         );
     }
-    let coordinator = opts.coordinator.clone().ok_or(EnrolError::NoCoordinator)?;
+    if opts.coordinators.is_empty() {
+        return Err(EnrolError::NoCoordinator);
+    }
     let join_opts = JoinOptions {
-        coordinator: coordinator.clone(),
+        coordinators: opts.coordinators.clone(),
         token,
         data_dir: dir.clone(),
         name: opts.name.clone().unwrap_or_else(host::default_name),
     };
     info!(
-        "this host is not enrolled yet: enrolling with {coordinator} as {:?}",
+        "this host is not enrolled yet: enrolling with {} as {:?}",
+        opts.coordinators.join(", "),
         join_opts.name
     );
     let mut backoff = Backoff::new(StdRng::from_os_rng());

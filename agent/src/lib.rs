@@ -10,7 +10,11 @@
 //! - [`identity`]: [`AgentIdentity`], the certificate and key in one 0600 file, and
 //!   [`CertInfo`], what the agent reads from its certificate.
 //! - [`host`]: the host's name and the platforms it builds natively.
-//! - [`join`](mod@join): [`join()`], enrolment with a token that pins the cluster CA.
+//! - [`coordinators`]: [`Coordinators`], the configured and learned coordinator
+//!   addresses, and [`coordinators::Round`], the order they are dialed in (the last
+//!   leader first) and how a standby's `Redirect` is followed.
+//! - [`join`](mod@join): [`join()`], enrolment with a token that pins the cluster CA
+//!   (following a standby's `Redirect` to the leader).
 //! - [`enrol`]: [`enrol::enrol_if_needed`], enrolment on the first `run` from a
 //!   0600 `join-token-file` (deleted afterwards) or `HELIX_JOIN_TOKEN`.
 //! - [`backoff`]: [`Backoff`], reconnect delays with jitter.
@@ -40,15 +44,16 @@
 //!   lifecycle loop (connect → handshake → session → back off → again), live
 //!   settings ([`run::LiveSettings`], from a reloaded configuration), the drain on
 //!   shutdown, and [`RunError`].
-//! - `session` (private): one connection: `Hello` with the held jobs, the control
-//!   stream (assign, cancel, ack, reports, `Draining`), log streams, renewal,
-//!   `GoingAway`.
+//! - `session` (private): one connection: `Hello` with the held jobs (or a standby's
+//!   `Redirect`), the control stream (assign, cancel, ack, reports, `Draining`, the
+//!   leader's `Coordinators`), log streams, renewal, `GoingAway`.
 //! - [`doctor`]: [`doctor::diagnose`], the checks of `helix-agent doctor`, on a
 //!   [`doctor::Machine`].
 
 pub mod backoff;
 pub mod builder;
 pub mod context;
+pub mod coordinators;
 pub mod datadir;
 pub mod doctor;
 pub mod enrol;
@@ -67,6 +72,7 @@ mod session;
 
 pub use backoff::Backoff;
 pub use builder::{Buildah, Builder, BuilderKind, CommandRunner, Podman, ProcessRunner};
+pub use coordinators::Coordinators;
 pub use datadir::{DataDir, DataDirError, Enrollment};
 pub use executor::Executor;
 pub use identity::{AgentIdentity, CertInfo, IdentityError};
@@ -76,6 +82,9 @@ pub use join::{join, JoinError, JoinOptions};
 pub use renewal::{renewal_deadline, PendingRenewal, RenewalError};
 pub use results::ResultStore;
 pub use run::{run, LiveSettings, RunContext, RunError, RunOptions};
+
+#[cfg(test)]
+mod fake_coordinator;
 
 #[cfg(test)]
 mod test_support {

@@ -6,6 +6,15 @@
 //! coordinator says retrying cannot help. `READY=1` does not wait for the
 //! coordinator: a service start must not hang while it is down.
 //!
+//! With several coordinators (one leader, standbys), each attempt goes to the next
+//! address of a round ([`Round`]: the last leader first, then the configured ones,
+//! then the ones learned from the cluster). A standby's `Redirect` to the leader is
+//! followed at once; a `Redirect` without a leader (an election) or a failed attempt
+//! moves on to the next address (a handshake gets [`HANDSHAKE_PATIENCE`] while
+//! others remain); only when every address of the round failed does the agent back
+//! off. A session that was up and got lost backs off as before, then
+//! starts a new round with the coordinator it was connected to.
+//!
 //! New [`LiveSettings`] (capacity, labels; a reloaded configuration) end the session
 //! once no build context download depends on it, and the agent reconnects at once, so
 //! that the next `Hello` tells the coordinator; running jobs go on across it, as
@@ -42,6 +51,7 @@ use tracing::{info, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::builder::{self, process, BuilderKind, BuilderUnavailable, ProcessRunner};
 use crate::context::CurrentConnection;
+use crate::coordinators::{Coordinators, Round, HANDSHAKE_PATIENCE};
 use crate::datadir::{DataDir, DataDirError};
 use crate::enrol::{self, EnrolError, EnrolOptions, JoinTokenConfig};
 use crate::executor::Executor;
@@ -57,8 +67,10 @@ use crate::session::{self, SessionConfig, SessionEnd};
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub data_dir: DataDir,
-    /// The coordinator `HOST:PORT`; `None` for the one recorded at join.
-    pub coordinator: Option<String>,
+    /// The coordinators, `HOST:PORT` each, tried in turn; empty for the one recorded
+    /// at join. The ones learned from the cluster (`coordinators.json`) are tried
+    /// after them.
+    pub coordinators: Vec<String>,
     /// The platforms to advertise (already normalized, not empty).
     pub platforms: Vec<Platform>,
     /// How many jobs the agent runs at once.
@@ -192,7 +204,7 @@ pub async fn run(
             }
             .into());
         }
-        if opts.coordinator.is_none() {
+        if opts.coordinators.is_empty() {
             return Err(EnrolError::NoCoordinator.into());
         }
         opts.data_dir.create()?;
@@ -203,11 +215,11 @@ pub async fn run(
     info!("builder: {version}");
 
     let enrol_opts = EnrolOptions {
-        coordinator: opts.coordinator.clone(),
+        coordinators: opts.coordinators.clone(),
         name: opts.name.clone(),
         token: opts.join_token.clone(),
     };
-    let enrolling_with = opts.coordinator.clone().unwrap_or_default();
+    let enrolling_with = opts.coordinators.join(", ");
     let enrolled = enrol::enrol_if_needed(
         &opts.data_dir,
         &enrol_opts,
@@ -256,10 +268,14 @@ pub async fn run(
             .await
             .map_err(|source| RunError::Metrics { addr, source })?;
     }
-    let coordinator = opts
-        .coordinator
-        .clone()
-        .unwrap_or_else(|| enrollment.coordinator.clone());
+    // The configured coordinators replace the recorded one (which may be gone).
+    let configured = if opts.coordinators.is_empty() {
+        vec![enrollment.coordinator.clone()]
+    } else {
+        opts.coordinators.clone()
+    };
+    let coordinators = Coordinators::load(configured, &opts.data_dir);
+    let first = coordinators.round();
     let hello = AgentToCoordinator::Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -276,12 +292,14 @@ pub async fn run(
         labels: opts.labels.clone(),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting { attempt: 1 });
+    let (target_tx, target_rx) = watch::channel(first.first().cloned().unwrap_or_default());
     let observer = Observer {
         phase: phase_tx,
+        coordinator: target_tx,
         metrics: metrics.clone(),
     };
     let config = SessionConfig {
-        coordinator: &coordinator,
+        coordinators: &coordinators,
         ca_pem: &ca_pem,
         identity_path: opts.data_dir.identity(),
         idle_timeout: opts.idle_timeout,
@@ -302,12 +320,14 @@ pub async fn run(
         capacity = opts.capacity,
         builder = opts.builder.name(),
         certificate_valid_until = %rfc3339(identity.info().not_after),
-        "helix-agent {} starting; coordinator {coordinator}",
+        "helix-agent {} starting; {} {}",
         env!("CARGO_PKG_VERSION"),
+        if first.len() == 1 { "coordinator" } else { "coordinators" },
+        first.join(", "),
     );
     tokio::spawn(publish_status(
         service.clone(),
-        coordinator.clone(),
+        target_rx,
         phase_rx,
         jobs.clone(),
         background.clone(),
@@ -326,19 +346,20 @@ pub async fn run(
     .await
 }
 
-/// What the session loop reports as it goes: its phase (for the status line) and
-/// the connection metrics.
+/// What the session loop reports as it goes: its phase and the coordinator it dials
+/// or is connected to (for the status line), and the connection metrics.
 #[derive(Debug)]
 pub(crate) struct Observer {
     pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) coordinator: watch::Sender<String>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
-/// Keeps the service manager's status line current: on every phase change, and
-/// every second for the job counts.
+/// Keeps the service manager's status line current: on every phase or coordinator
+/// change, and every second for the job counts.
 async fn publish_status(
     service: Arc<dyn ServiceManager>,
-    coordinator: String,
+    mut coordinator: watch::Receiver<String>,
     mut phase: watch::Receiver<Phase>,
     jobs: Jobs,
     stop: CancellationToken,
@@ -346,7 +367,8 @@ async fn publish_status(
     let mut last = String::new();
     loop {
         let current = *phase.borrow_and_update();
-        let line = status_line(&coordinator, current, jobs.running(), jobs.unacked_count());
+        let target = coordinator.borrow_and_update().clone();
+        let line = status_line(&target, current, jobs.running(), jobs.unacked_count());
         if line != last {
             service.tell(ServiceEvent::Status(line.clone()));
             last = line;
@@ -354,6 +376,7 @@ async fn publish_status(
         tokio::select! {
             () = stop.cancelled() => return,
             changed = phase.changed() => if changed.is_err() { return },
+            changed = coordinator.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -515,7 +538,8 @@ fn lock_data_dir(dir: &DataDir) -> Result<std::fs::File, RunError> {
     }
 }
 
-/// connect → handshake → session → back off → again.
+/// connect → handshake → session → back off → again, over the known coordinators
+/// (see the module docs).
 async fn lifecycle(
     config: &SessionConfig<'_>,
     dir: &DataDir,
@@ -524,57 +548,126 @@ async fn lifecycle(
 ) -> Result<(), RunError> {
     let mut backoff = Backoff::new(StdRng::from_os_rng());
     let mut attempt: u32 = 0;
+    let mut round = Round::new(config.coordinators.round());
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        let Some(addr) = round.next() else {
+            // Nothing to dial (cannot happen with a configured address); wait as
+            // after a failed round.
+            if back_off(
+                config,
+                &mut backoff,
+                attempt,
+                "no coordinator address",
+                shutdown,
+            )
+            .await
+            {
+                return Ok(());
+            }
+            round = Round::new(config.coordinators.round());
+            continue;
+        };
         // Read it again every time: a renewal replaced it.
         let identity = load_identity(dir)?;
         attempt = attempt.saturating_add(1);
         if attempt > 1 {
             config.observer.metrics.reconnects.inc();
         }
+        config.observer.coordinator.send_replace(addr.clone());
         if !config.jobs.is_draining() {
             config
                 .observer
                 .phase
                 .send_replace(Phase::Connecting { attempt });
         }
-        let (reason, connected_for) =
-            match session::connect_and_serve(config, identity, shutdown, notices).await {
-                SessionEnd::Shutdown => return Ok(()),
-                SessionEnd::Fatal(e) => return Err(e),
-                SessionEnd::Reconfigured => {
-                    // A new Hello carries the new settings; no backoff.
-                    attempt = 0;
-                    backoff.reset();
+        // While other addresses remain, a coordinator that does not answer at all (a
+        // dead leader) must not hold the round up for the whole idle timeout.
+        let patience = (!round.is_done()).then_some(HANDSHAKE_PATIENCE);
+        let end =
+            session::connect_and_serve(config, &addr, patience, identity, shutdown, notices).await;
+        let reason = match end {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Fatal(e) => return Err(e),
+            SessionEnd::Reconfigured => {
+                // A new Hello carries the new settings; no backoff, same leader.
+                attempt = 0;
+                backoff.reset();
+                round = Round::new(config.coordinators.round());
+                continue;
+            }
+            SessionEnd::Redirect {
+                leader: Some(leader),
+            } => {
+                info!("coordinator {addr} is a standby; the leader is {leader}");
+                if round.follow(&leader) {
                     continue;
                 }
-                SessionEnd::Lost {
-                    reason,
-                    connected_for,
-                } => (reason, connected_for),
-            };
-        if let Some(lasted) = connected_for {
-            backoff.reset_after(lasted);
-            attempt = 1;
+                format!(
+                    "followed {} redirects in a row without reaching the leader (the last to {leader})",
+                    crate::coordinators::MAX_REDIRECTS
+                )
+            }
+            SessionEnd::Redirect { leader: None } => {
+                info!("coordinator {addr} is a standby; no coordinator leads the cluster right now (an election is under way)");
+                format!("no coordinator leads the cluster yet (asked {addr})")
+            }
+            SessionEnd::Lost {
+                reason,
+                connected_for: Some(lasted),
+            } => {
+                // The session was up: back off (a fleet must not come back in lock
+                // step), then a new round from the coordinator it was connected to.
+                backoff.reset_after(lasted);
+                attempt = 1;
+                if back_off(config, &mut backoff, attempt, &reason, shutdown).await {
+                    return Ok(());
+                }
+                round = Round::new(config.coordinators.round());
+                continue;
+            }
+            SessionEnd::Lost {
+                reason,
+                connected_for: None,
+            } => reason,
+        };
+        if !round.is_done() {
+            warn!(attempt, "{reason}; trying the next coordinator");
+            continue;
         }
-        if !config.jobs.is_draining() {
-            config.observer.phase.send_replace(Phase::Connecting {
-                attempt: attempt + 1,
-            });
+        // Every address of the round failed.
+        if back_off(config, &mut backoff, attempt, &reason, shutdown).await {
+            return Ok(());
         }
-        let delay = backoff.next_delay();
-        warn!(
-            attempt,
-            "{reason}; reconnecting in {:.1}s",
-            delay.as_secs_f64()
-        );
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(delay) => {}
-        }
+        round = Round::new(config.coordinators.round());
+    }
+}
+
+/// Waits the next backoff delay after `reason`; `true` when `shutdown` came first.
+async fn back_off(
+    config: &SessionConfig<'_>,
+    backoff: &mut Backoff<StdRng>,
+    attempt: u32,
+    reason: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    if !config.jobs.is_draining() {
+        config.observer.phase.send_replace(Phase::Connecting {
+            attempt: attempt + 1,
+        });
+    }
+    let delay = backoff.next_delay();
+    warn!(
+        attempt,
+        "{reason}; reconnecting in {:.1}s",
+        delay.as_secs_f64()
+    );
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
     }
 }
 
@@ -614,46 +707,4 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keep_alive_is_a_third_of_the_idle_timeout_capped() {
-        let s = Duration::from_secs;
-        assert_eq!(keep_alive_for(s(10)).expect("ok"), s(3));
-        assert_eq!(keep_alive_for(s(3)).expect("ok"), s(1));
-        assert_eq!(keep_alive_for(s(60)).expect("ok"), s(3));
-        assert!(keep_alive_for(Duration::ZERO).is_err());
-        assert!(keep_alive_for(Duration::from_millis(500)).is_err());
-    }
-
-    #[test]
-    fn an_expired_certificate_is_refused_with_a_clear_message() {
-        let ca = helix_transport::pki::ClusterCa::generate("test").expect("ca");
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = DataDir::new(tmp.path());
-        let (cert, key) = crate::test_support::issue(
-            &ca,
-            helix_protocol::AgentId::new_v4(),
-            Duration::from_secs(1),
-        );
-        AgentIdentity::new(cert, key, OffsetDateTime::now_utc())
-            .expect("identity")
-            .store(&dir.identity())
-            .expect("store");
-        std::thread::sleep(Duration::from_millis(1100));
-        let err = load_identity(&dir).expect_err("expired");
-        let text = err.to_string();
-        assert!(
-            text.starts_with("the agent certificate expired at "),
-            "{text}"
-        );
-        assert!(text.contains("enrol again with a new token"), "{text}");
-        assert!(!err.is_usage());
-
-        let empty = tempfile::tempdir().expect("tempdir");
-        let err = load_identity(&DataDir::new(empty.path())).expect_err("not joined");
-        assert!(err.is_usage(), "{err}");
-        assert!(err.to_string().contains("helix-agent join"), "{err}");
-    }
-}
+mod tests;

@@ -3,6 +3,11 @@
 //! or a shutdown is requested: take assignments, cancels and acks, report what the
 //! jobs do, ship each job's log on its own stream, renew the certificate when due.
 //!
+//! A standby coordinator answers `Hello` with `Redirect` instead of `Welcome`; the
+//! session ends with [`SessionEnd::Redirect`] and the connection loop dials the
+//! leader. The coordinator that welcomed the agent is recorded as the leader, and the
+//! leader's `Coordinators` lists replace the learned addresses ([`Coordinators`]).
+//!
 //! The jobs themselves belong to [`Jobs`], not to the session: they keep running
 //! while the agent reconnects, and the next session reports them. While a session is
 //! up its connection is in the [`CurrentConnection`] slot, where jobs open their build
@@ -27,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::context::CurrentConnection;
+use crate::coordinators::{check_address, Coordinators};
 use crate::identity::AgentIdentity;
 use crate::joblog::{ship_over, JobLog};
 use crate::jobs::{AssignReply, Jobs, Notice};
@@ -51,7 +57,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Everything a session needs that does not change between connections.
 #[derive(Debug)]
 pub(crate) struct SessionConfig<'a> {
-    pub(crate) coordinator: &'a str,
+    /// The known coordinators: whoever welcomes the agent becomes the leader, and
+    /// what the cluster lists is learned here.
+    pub(crate) coordinators: &'a Coordinators,
     pub(crate) ca_pem: &'a str,
     pub(crate) identity_path: PathBuf,
     pub(crate) idle_timeout: Duration,
@@ -105,6 +113,9 @@ pub(crate) enum SessionEnd {
     /// The capacity or labels changed: the connection was closed so that a new
     /// session tells the coordinator.
     Reconfigured,
+    /// The coordinator is a standby: dial `leader` at once, or, with `None` (no
+    /// coordinator leads yet), the next known address. What it listed was learned.
+    Redirect { leader: Option<String> },
 }
 
 fn lost(reason: String) -> SessionEnd {
@@ -114,18 +125,21 @@ fn lost(reason: String) -> SessionEnd {
     }
 }
 
-/// Connect, say `Hello`, serve the session; close the connection cleanly on the way out.
+/// Connect to `addr`, say `Hello`, serve the session; close the connection cleanly on
+/// the way out. `patience` bounds the QUIC handshake (otherwise only the idle timeout
+/// does).
 pub(crate) async fn connect_and_serve(
     config: &SessionConfig<'_>,
+    addr: &str,
+    patience: Option<Duration>,
     identity: AgentIdentity,
     shutdown: &CancellationToken,
     notices: &mut mpsc::UnboundedReceiver<Notice>,
 ) -> SessionEnd {
-    let addr = config.coordinator;
     let (endpoint, conn) = tokio::select! {
         biased;
         () = shutdown.cancelled() => return SessionEnd::Shutdown,
-        connected = connect(config, &identity) => match connected {
+        connected = connect(config, addr, patience, &identity) => match connected {
             Ok(x) => x,
             Err(end) => return end,
         },
@@ -149,6 +163,10 @@ pub(crate) async fn connect_and_serve(
         Some(Ok(Err(HandshakeError::Protocol(what)))) => lost(format!(
             "the coordinator at {addr} broke the protocol: {what}"
         )),
+        Some(Ok(Err(HandshakeError::Redirect {
+            leader,
+            coordinators,
+        }))) => redirected(config.coordinators, addr, leader, coordinators),
         Some(Ok(Err(HandshakeError::Stream(e)))) => ended(&conn, addr, &e),
         Some(Ok(Ok((send, recv, agent_id)))) => {
             info!("connected to {addr} as agent {agent_id}");
@@ -158,9 +176,11 @@ pub(crate) async fn connect_and_serve(
                     identity.info().agent_id
                 );
             }
+            config.coordinators.set_leader(addr);
             let connected_at = Instant::now();
             let mut session = Session {
                 config,
+                addr,
                 conn: &conn,
                 send,
                 identity,
@@ -193,6 +213,10 @@ pub(crate) async fn connect_and_serve(
     };
     match end {
         SessionEnd::Lost { .. } => {}
+        SessionEnd::Redirect { .. } => {
+            // The standby closes the connection after `Redirect`; nothing to wait for.
+            conn.close(close::NORMAL.into(), b"redirected");
+        }
         SessionEnd::Reconfigured => {
             // Not `GoingAway`: the agent is back at once, and its jobs go on.
             conn.close(close::NORMAL.into(), b"reconfigured; reconnecting");
@@ -210,15 +234,25 @@ pub(crate) async fn connect_and_serve(
 /// Resolve, bind, and finish the QUIC + mutual TLS handshake.
 async fn connect(
     config: &SessionConfig<'_>,
+    addr: &str,
+    patience: Option<Duration>,
     identity: &AgentIdentity,
 ) -> Result<(quinn::Endpoint, quinn::Connection), SessionEnd> {
-    let addr = config.coordinator;
     let tls = tls::client_config(config.ca_pem, identity.cert_pem(), identity.key_pem())
         .map_err(|e| SessionEnd::Fatal(RunError::Tls(e)))?;
     let quic = tls::quinn_client_config(tls, config.idle_timeout, config.keep_alive)
         .map_err(|e| SessionEnd::Fatal(RunError::InvalidOption(e.to_string())))?;
+    // A configured address that cannot work is the operator's to fix; one the
+    // cluster sent must not stop the agent, which goes on with the others.
+    let unusable = |reason: String| {
+        if config.coordinators.configured().iter().any(|a| a == addr) {
+            SessionEnd::Fatal(RunError::InvalidOption(reason))
+        } else {
+            lost(reason)
+        }
+    };
     let (sock, server_name) = connect::resolve(addr).await.map_err(|e| match e {
-        ConnectError::BadAddress(_) => SessionEnd::Fatal(RunError::InvalidOption(e.to_string())),
+        ConnectError::BadAddress(_) => unusable(e.to_string()),
         other => lost(other.to_string()),
     })?;
     let endpoint = connect::client_endpoint(sock).map_err(|e| lost(e.to_string()))?;
@@ -226,14 +260,24 @@ async fn connect(
     let connecting = endpoint
         .connect_with(quic, sock, &server_name)
         .map_err(|e| match e {
-            quinn::ConnectError::InvalidServerName(name) => {
-                SessionEnd::Fatal(RunError::InvalidOption(format!(
-                    "invalid coordinator address {addr:?}: {name:?} is not a valid server name"
-                )))
-            }
+            quinn::ConnectError::InvalidServerName(name) => unusable(format!(
+                "invalid coordinator address {addr:?}: {name:?} is not a valid server name"
+            )),
             other => lost(format!("cannot connect to {addr}: {other}")),
         })?;
-    match connecting.await {
+    let connected = match patience {
+        None => connecting.await,
+        Some(limit) => match tokio::time::timeout(limit, connecting).await {
+            Ok(connected) => connected,
+            Err(_) => {
+                return Err(lost(format!(
+                    "cannot connect to {addr}: no handshake within {:.1}s",
+                    limit.as_secs_f64()
+                )))
+            }
+        },
+    };
+    match connected {
         Ok(conn) => Ok((endpoint, conn)),
         Err(e) => Err(lost(format!(
             "cannot connect to {addr}: {}",
@@ -244,7 +288,15 @@ async fn connect(
 
 #[derive(Debug)]
 enum HandshakeError {
-    Rejected { code: RejectCode, reason: String },
+    Rejected {
+        code: RejectCode,
+        reason: String,
+    },
+    /// A standby's answer.
+    Redirect {
+        leader: Option<String>,
+        coordinators: Vec<String>,
+    },
     Protocol(String),
     Stream(StreamError),
 }
@@ -255,9 +307,10 @@ impl From<StreamError> for HandshakeError {
     }
 }
 
-/// Open the control stream, send `Hello`, read `Welcome` (or `Rejected`). The TLS
-/// handshake can succeed before the coordinator has looked at our certificate, so only
-/// this application reply says the session is open.
+/// Open the control stream, send `Hello`, read `Welcome` (or `Rejected`, or a
+/// standby's `Redirect`). The TLS handshake can succeed before the coordinator has
+/// looked at our certificate, so only this application reply says the session is
+/// open.
 async fn handshake(
     conn: &quinn::Connection,
     hello: &AgentToCoordinator,
@@ -276,11 +329,41 @@ async fn handshake(
         Some(CoordinatorToAgent::Rejected { code, reason }) => {
             Err(HandshakeError::Rejected { code, reason })
         }
+        Some(CoordinatorToAgent::Redirect {
+            leader,
+            coordinators,
+        }) => Err(HandshakeError::Redirect {
+            leader,
+            coordinators,
+        }),
         Some(other) => Err(HandshakeError::Protocol(format!(
-            "expected Welcome or Rejected, got {}",
+            "expected Welcome, Redirect or Rejected, got {}",
             variant_name(&other)
         ))),
         None => Err(StreamError::Closed.into()),
+    }
+}
+
+/// A standby at `addr` answered `Redirect`: learn the coordinators it listed and
+/// check the leader's address (one that cannot be dialed is a broken protocol, not a
+/// leader).
+fn redirected(
+    coordinators: &Coordinators,
+    addr: &str,
+    leader: Option<String>,
+    listed: Vec<String>,
+) -> SessionEnd {
+    coordinators.learn(listed, &format!("the standby at {addr}"));
+    match leader {
+        Some(leader) => match check_address(&leader) {
+            Ok(()) => SessionEnd::Redirect {
+                leader: Some(leader),
+            },
+            Err(e) => lost(format!(
+                "the coordinator at {addr} broke the protocol: it is a standby and names an invalid leader address: {e}"
+            )),
+        },
+        None => SessionEnd::Redirect { leader: None },
     }
 }
 
@@ -347,6 +430,8 @@ async fn next_frame(
 /// An open session.
 struct Session<'a> {
     config: &'a SessionConfig<'a>,
+    /// The coordinator's address, as dialed.
+    addr: &'a str,
     conn: &'a quinn::Connection,
     send: quinn::SendStream,
     identity: AgentIdentity,
@@ -383,7 +468,7 @@ impl Session<'_> {
         notices: &mut mpsc::UnboundedReceiver<Notice>,
         live: &mut watch::Receiver<LiveSettings>,
     ) -> SessionEnd {
-        let addr = self.config.coordinator;
+        let addr = self.addr;
         let mut reading = Box::pin(next_frame(recv));
         // New capacity or labels: reconnect as soon as no build context download
         // depends on this connection.
@@ -613,11 +698,28 @@ impl Session<'_> {
                     debug!(%job, attempt, "ack for a job this agent holds no result of; ignoring it");
                 }
             }
+            CoordinatorToAgent::Coordinators(list) => {
+                self.config
+                    .coordinators
+                    .learn(list, &format!("the leader at {}", self.addr));
+            }
+            CoordinatorToAgent::Redirect {
+                leader,
+                coordinators,
+            } => {
+                // Only the answer to `Hello` should be a redirect; a leader that lost
+                // its lease may still say it later: follow it like the first.
+                info!("the coordinator at {} is no longer the leader", self.addr);
+                return Ok(Some(redirected(
+                    self.config.coordinators,
+                    self.addr,
+                    leader,
+                    coordinators,
+                )));
+            }
             other @ (CoordinatorToAgent::Welcome { .. }
             | CoordinatorToAgent::Joined { .. }
-            | CoordinatorToAgent::ContextFollows { .. }
-            | CoordinatorToAgent::Redirect { .. }
-            | CoordinatorToAgent::Coordinators(_)) => {
+            | CoordinatorToAgent::ContextFollows { .. }) => {
                 warn!(
                     "unexpected {} in a session; ignoring it",
                     variant_name(&other)

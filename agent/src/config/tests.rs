@@ -107,7 +107,7 @@ fn precedence_default_file_dropin_env_flag() {
         [("zone".into(), "eu".into()), ("disk".into(), "ssd".into())]
     );
     assert_eq!(args.platforms, ["linux/arm64"]);
-    assert_eq!(args.coordinator.as_deref(), Some("c2.example:7443"));
+    assert_eq!(args.coordinators, ["c2.example:7443"]);
     assert_eq!(r.cli.log_level, "debug", "a global flag is a key too");
 
     // A flag replaces a list from a file rather than adding to it; the environment
@@ -139,7 +139,9 @@ fn refused_configs_name_the_file_line_and_key() {
         ("level.toml", "log-level = \"helix_agent=loud\"\n", "level.toml:1: invalid value for \"log-level\""),
         ("metrics.toml", "metrics-listen = \"localhost:9465\"\n", "metrics.toml:1: invalid value for \"metrics-listen\""),
         ("name.toml", "name = \"node 1\"\n", "name.toml:1: invalid value for \"name\""),
-        ("table.toml", "coordinator = { host = \"x\" }\n", "table.toml:1: key \"coordinator\" must be a string or number, not a table"),
+        ("table.toml", "coordinator = { host = \"x\" }\n", "table.toml:1: key \"coordinator\" must be a list of strings, not a table"),
+        ("list.toml", "coordinator = [\"a:7443\", \"nowhere\"]\n", "list.toml:1: invalid value for \"coordinator\": invalid value 'nowhere' for '--coordinator <COORDINATOR>': expected HOST:PORT"),
+        ("nested.toml", "coordinator = [[\"a:7443\"]]\n", "nested.toml:1: key \"coordinator\" must be a list of strings, not a list"),
         ("config.toml", "config = \"/etc/other.toml\"\n", "config.toml:1: unknown key \"config\""),
         ("token.toml", "join-token = \"abc\"\n", "token.toml:1: unknown key \"join-token\""),
     ];
@@ -184,7 +186,10 @@ fn check_shows_each_value_with_its_source() {
     );
     write(dir.path(), "agent.toml.d/capacity.toml", "capacity = 4\n");
     let eff = check(&main).expect("valid");
-    assert_eq!(eff["coordinator"]["value"], "coord:7443");
+    assert_eq!(
+        eff["coordinator"]["value"],
+        serde_json::json!(["coord:7443"])
+    );
     assert!(eff["coordinator"]["source"]
         .as_str()
         .expect("source")
@@ -250,4 +255,153 @@ fn the_subcommand_is_found_after_global_options() {
         Some("doctor")
     );
     assert_eq!(subcommand(&words(&["helix-agent"])), None);
+}
+
+#[test]
+fn several_coordinators_from_the_file_the_environment_or_flags() {
+    let _env = lock();
+    std::env::remove_var("HELIX_COORDINATOR");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = write(
+        dir.path(),
+        "list.toml",
+        "coordinator = [\"a.example:7443\", \"b.example:7443\"]\n",
+    );
+    let single = write(
+        dir.path(),
+        "single.toml",
+        "coordinator = \"a.example:7443\"\n",
+    );
+
+    // (case, file, HELIX_COORDINATOR, flags, expected)
+    type Case<'a> = (
+        &'a str,
+        Option<&'a Path>,
+        Option<&'a str>,
+        &'a [&'a str],
+        &'a [&'a str],
+    );
+    let cases: [Case; 8] = [
+        ("none: the recorded one is used", None, None, &[], &[]),
+        (
+            "a list in the file",
+            Some(&list),
+            None,
+            &[],
+            &["a.example:7443", "b.example:7443"],
+        ),
+        (
+            "a single string in the file",
+            Some(&single),
+            None,
+            &[],
+            &["a.example:7443"],
+        ),
+        (
+            "a comma list in the environment replaces the file's",
+            Some(&list),
+            Some("c.example:7443,[::1]:7443"),
+            &[],
+            &["c.example:7443", "[::1]:7443"],
+        ),
+        (
+            "one address in the environment",
+            None,
+            Some("c.example:7443"),
+            &[],
+            &["c.example:7443"],
+        ),
+        (
+            "repeated flags replace the environment's",
+            Some(&list),
+            Some("c.example:7443"),
+            &[
+                "--coordinator",
+                "d.example:7443",
+                "--coordinator",
+                "e.example:7443",
+            ],
+            &["d.example:7443", "e.example:7443"],
+        ),
+        (
+            "a comma list in a flag",
+            None,
+            None,
+            &["--coordinator", "d.example:7443,e.example:7443"],
+            &["d.example:7443", "e.example:7443"],
+        ),
+        (
+            "a single flag, as before",
+            Some(&single),
+            None,
+            &["--coordinator", "127.0.0.1:7443"],
+            &["127.0.0.1:7443"],
+        ),
+    ];
+    for (case, file, env, flags, want) in cases {
+        match env {
+            Some(v) => std::env::set_var("HELIX_COORDINATOR", v),
+            None => std::env::remove_var("HELIX_COORDINATOR"),
+        }
+        let r = resolve(file, flags);
+        assert_eq!(r.run_args().coordinators, want, "{case}");
+        assert_eq!(
+            r.effective["coordinator"]["value"],
+            serde_json::json!(want),
+            "{case}"
+        );
+    }
+
+    std::env::remove_var("HELIX_COORDINATOR");
+    // A bad address in a comma list is refused, naming it. (Not through the
+    // environment: tests that do not take the lock parse `run` command lines.)
+    let err = resolve_with(
+        &argv(&["--coordinator", "a.example:7443,nowhere"]),
+        &FileLayer::default(),
+        None,
+    )
+    .expect_err("bad address");
+    assert!(err.contains("'nowhere'"), "{err}");
+    assert!(err.contains("expected HOST:PORT"), "{err}");
+}
+
+#[test]
+fn join_takes_one_coordinator_or_several() {
+    use clap::Parser as _;
+    let _env = lock();
+    std::env::remove_var("HELIX_COORDINATOR");
+    let parse = |extra: &[&str]| {
+        let argv = ["helix-agent", "join", "--token", "t"].iter().chain(extra);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Join(args) => args.coordinators,
+            _ => unreachable!("join"),
+        })
+    };
+    assert_eq!(
+        parse(&["--coordinator", "a.example:7443"]).expect("one"),
+        ["a.example:7443"]
+    );
+    assert_eq!(
+        parse(&[
+            "--coordinator",
+            "a.example:7443",
+            "--coordinator",
+            "b.example:7443,c.example:7443"
+        ])
+        .expect("several"),
+        ["a.example:7443", "b.example:7443", "c.example:7443"]
+    );
+    let err = parse(&[]).expect_err("a coordinator is required");
+    assert!(
+        err.to_string().contains("--coordinator <COORDINATOR>"),
+        "{err}"
+    );
+    assert!(parse(&["--coordinator", "nowhere"]).is_err());
+    std::env::set_var("HELIX_COORDINATOR", "a.example:7443,b.example:7443");
+    let from_env = parse(&[]);
+    std::env::remove_var("HELIX_COORDINATOR");
+    assert_eq!(
+        from_env.expect("from the environment"),
+        ["a.example:7443", "b.example:7443"]
+    );
 }

@@ -17,6 +17,8 @@ struct Fake {
     clock: ClockState,
     now: OffsetDateTime,
     reach: Result<Duration, String>,
+    /// Addresses that do not answer (whatever `reach` says).
+    down: Vec<String>,
     reached: Mutex<Vec<String>>,
 }
 
@@ -33,6 +35,7 @@ impl Fake {
             },
             now: OffsetDateTime::now_utc(),
             reach: Ok(Duration::from_millis(3)),
+            down: Vec::new(),
             reached: Mutex::new(Vec::new()),
         }
     }
@@ -66,12 +69,16 @@ impl Machine for Fake {
     }
 
     fn reach<'a>(&'a self, target: Reach<'a>) -> BoxFuture<'a, Result<Duration, String>> {
-        let what = match target {
-            Reach::Agent { coordinator, .. } => format!("agent {coordinator}"),
-            Reach::Join { coordinator, .. } => format!("join {coordinator}"),
+        let (what, addr) = match target {
+            Reach::Agent { coordinator, .. } => (format!("agent {coordinator}"), coordinator),
+            Reach::Join { coordinator, .. } => (format!("join {coordinator}"), coordinator),
         };
         self.reached.lock().expect("lock").push(what);
-        let reply = self.reach.clone();
+        let reply = if self.down.iter().any(|d| d == addr) {
+            Err(format!("cannot connect to {addr}: timed out"))
+        } else {
+            self.reach.clone()
+        };
         Box::pin(async move { reply })
     }
 }
@@ -102,7 +109,7 @@ fn options(dir: DataDir) -> DoctorOptions {
     DoctorOptions {
         data_dir: dir,
         builder: BuilderKind::Buildah,
-        coordinator: None,
+        coordinators: Vec::new(),
         token: JoinTokenConfig::default(),
     }
 }
@@ -163,7 +170,7 @@ async fn a_healthy_enrolled_node_passes() {
 
     // The configured coordinator wins over the recorded one.
     let mut opts = opts;
-    opts.coordinator = Some("configured.example:7443".into());
+    opts.coordinators = vec!["configured.example:7443".into()];
     let fake = Fake::healthy();
     diagnose(&opts, &fake).await;
     assert_eq!(
@@ -271,7 +278,7 @@ async fn before_enrolment_the_token_is_checked() {
     .expect("write");
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let mut opts = options(DataDir::new(tmp.path().join("data")));
-    opts.coordinator = Some("coord.example:7443".into());
+    opts.coordinators = vec!["coord.example:7443".into()];
     opts.token.file = Some(token_file.clone());
 
     let fake = Fake::healthy();
@@ -311,6 +318,67 @@ async fn before_enrolment_the_token_is_checked() {
     let checks = diagnose(&opts, &Fake::healthy()).await;
     assert_eq!(row(&checks, "enrolment").status, Status::Fail);
     assert_eq!(row(&checks, "coordinator").status, Status::Fail);
+}
+
+#[tokio::test]
+async fn every_coordinator_is_checked_and_one_answering_is_enough() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(enrolled(tmp.path(), Duration::from_secs(30 * 24 * 3600)));
+    opts.coordinators = vec!["a.example:7443".into(), "b.example:7443".into()];
+    // The leader listed a third one earlier.
+    opts.data_dir
+        .save_coordinators(&["b.example:7443".into(), "c.example:7443".into()])
+        .expect("save");
+    let coordinator_rows = |checks: &[Check]| -> Vec<(Status, String)> {
+        checks
+            .iter()
+            .filter(|c| c.check == "coordinator")
+            .map(|c| (c.status, c.detail.clone()))
+            .collect()
+    };
+
+    let fake = Fake::healthy();
+    let checks = diagnose(&opts, &fake).await;
+    assert!(!failed(&checks), "{checks:?}");
+    assert_eq!(
+        *fake.reached.lock().expect("lock"),
+        [
+            "agent a.example:7443",
+            "agent b.example:7443",
+            "agent c.example:7443"
+        ]
+    );
+    let rows = coordinator_rows(&checks);
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows[0].1.starts_with("a.example:7443 reachable"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2]
+            .1
+            .starts_with("c.example:7443 (learned from the cluster) reachable"),
+        "{rows:?}"
+    );
+
+    // One down: a warning while another answers.
+    let mut fake = Fake::healthy();
+    fake.down = vec!["a.example:7443".into()];
+    let checks = diagnose(&opts, &fake).await;
+    assert!(!failed(&checks), "{checks:?}");
+    let rows = coordinator_rows(&checks);
+    assert_eq!(rows[0].0, Status::Warn, "{rows:?}");
+    assert!(rows[0].1.contains("timed out"), "{rows:?}");
+    assert_eq!((rows[1].0, rows[2].0), (Status::Ok, Status::Ok));
+
+    // All down: each fails.
+    let mut fake = Fake::healthy();
+    fake.reach = Err("timed out".into());
+    let checks = diagnose(&opts, &fake).await;
+    assert!(failed(&checks));
+    assert!(coordinator_rows(&checks)
+        .iter()
+        .all(|(status, _)| *status == Status::Fail));
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use helix_protocol::wire::RejectCode;
 use helix_protocol::AgentId;
 use helix_transport::framed::StreamError;
 use helix_transport::pki::ClusterCa;
@@ -39,7 +40,7 @@ fn setup(mode: u32) -> Setup {
 
 fn options(s: &Setup) -> EnrolOptions {
     EnrolOptions {
-        coordinator: Some("coord.example:7443".into()),
+        coordinators: vec!["coord.example:7443".into()],
         name: Some("node-1".into()),
         token: JoinTokenConfig {
             file: Some(s.token_file.clone()),
@@ -154,7 +155,7 @@ async fn enrols_with_the_token_file_then_deletes_it() {
     assert_eq!(attempts, [1]);
     let calls = fake.calls();
     assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].coordinator, "coord.example:7443");
+    assert_eq!(calls[0].coordinators, ["coord.example:7443"]);
     assert_eq!(calls[0].token.to_string(), s.token);
     assert!(s.dir.is_joined());
 
@@ -208,7 +209,7 @@ async fn refusals_before_any_join() {
         ),
         (
             "no coordinator",
-            Box::new(|o| o.coordinator = None),
+            Box::new(|o| o.coordinators.clear()),
             "set coordinator = \"HOST:PORT\"",
         ),
         (
@@ -270,11 +271,19 @@ async fn transient_failures_are_retried_refusals_are_not() {
                 code: RejectCode::Internal,
                 reason: "store busy".into(),
             }),
+            // An election between coordinators.
+            Some(JoinError::NoLeader {
+                addr: "coord.example:7443".into(),
+            }),
+            Some(JoinError::TooManyRedirects {
+                addr: "b.example:7443".into(),
+                leader: "a.example:7443".into(),
+            }),
         ],
     );
     let done = enrol(&s, &options(&s), &fake).await.expect("ok");
     assert!(matches!(done, Some(Enrolled::Now { .. })));
-    assert_eq!(fake.calls().len(), 3);
+    assert_eq!(fake.calls().len(), 5);
     assert!(!s.token_file.exists());
 
     let s = setup(0o600);
