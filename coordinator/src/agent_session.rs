@@ -577,13 +577,25 @@ async fn receive_log(mut recv: quinn::RecvStream, agent: AgentId, shared: Arc<Sh
             let _ = recv.stop(0u32.into());
             return;
         }
-        let logs = shared.logs.clone();
-        let appended = tokio::task::spawn_blocking(move || {
-            logs.append(chunk.job, chunk.attempt, chunk.offset, &chunk.data)
-        })
-        .await;
-        if let Ok(Err(e)) = appended {
-            warn!("cannot write a build log: {e}");
+        // While the database is away (PostgreSQL restarting) hold the stream: the
+        // agent's sends wait on QUIC flow control, and nothing is lost.
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match shared
+                .logs
+                .append(chunk.job, chunk.attempt, chunk.offset, chunk.data.clone())
+                .await
+            {
+                Err(crate::logs::LogError::Store(e)) if e.is_transient() => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    warn!("cannot write a build log: {e}");
+                    break;
+                }
+                Ok(_) => break,
+            }
         }
     }
 }

@@ -281,17 +281,14 @@ pub(crate) async fn logs(
             _ => true,
         };
         for (i, (job, platform)) in selected.iter().enumerate() {
-            let logs = shared.logs.clone();
-            let (job_id, from) = (*job, offsets[i]);
-            let data = tokio::task::spawn_blocking(move || logs.read_from(job_id, from))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let (data, next) = match shared.logs.read_from(*job, offsets[i]).await {
+                Ok(x) => x,
+                Err(_) => continue,
+            };
+            offsets[i] = next;
             if data.is_empty() {
                 continue;
             }
-            offsets[i] += data.len() as u64;
             for piece in data.chunks(256 * 1024) {
                 framed::write_frame(
                     send,

@@ -1,9 +1,12 @@
-//! Build output per job, on disk under `DATA_DIR/logs/<job>.log`, bounded.
+//! Build output per job, bounded: on disk under `DATA_DIR/logs/<job>.log` with the
+//! embedded store, in the shared database with PostgreSQL (so a coordinator that
+//! takes over as leader serves the logs its predecessor received, and resumes them
+//! without loss or duplication).
 //!
 //! Agents send ordered chunks with byte offsets; a chunk that starts before what we
 //! already have (a resend after a reconnect) is trimmed, so nothing is stored twice.
-//! A log is capped at [`MAX_LOG_BYTES`]: past it the oldest part is dropped and a
-//! marker says how much, because the end of a log is where a failure is explained.
+//! A log is capped at [`MAX_LOG_BYTES`]: past it the oldest part is dropped, because
+//! the end of a log is where a failure is explained.
 //! Followers (`build logs --follow`) are woken through a watch channel per job.
 
 use std::collections::HashMap;
@@ -14,108 +17,195 @@ use std::sync::Mutex;
 use helix_protocol::JobId;
 use tokio::sync::watch;
 
+use crate::store::{Store, StoreError};
+
 /// Most bytes kept per job.
 pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 
+/// Why a log could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("log file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the log task failed: {0}")]
+    Task(String),
+}
+
+/// What to store for one chunk, given how much of the attempt's stream is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Markers (a new attempt, lost output) followed by the fresh bytes.
+    pub bytes: Vec<u8>,
+    /// How many of the chunk's own bytes are new.
+    pub fresh: usize,
+    /// The attempt's stream offset after this chunk.
+    pub stream_end: u64,
+}
+
+/// Trim a resent chunk against `received` (bytes of the attempt's stream stored so
+/// far); `None` for a pure duplicate.
+pub fn plan(received: u64, attempt: u32, offset: u64, data: &[u8]) -> Option<Piece> {
+    let end = offset.saturating_add(data.len() as u64);
+    if end <= received {
+        return None;
+    }
+    let skip = usize::try_from(received.saturating_sub(offset))
+        .unwrap_or(data.len())
+        .min(data.len());
+    let fresh = &data[skip..];
+    let mut bytes = Vec::with_capacity(fresh.len() + 64);
+    if attempt > 1 && received == 0 {
+        bytes.extend_from_slice(format!("\n[helix: attempt {attempt}]\n").as_bytes());
+    }
+    if offset > received {
+        bytes.extend_from_slice(
+            format!(
+                "\n[helix: {} bytes of output were lost]\n",
+                offset - received
+            )
+            .as_bytes(),
+        );
+    }
+    bytes.extend_from_slice(fresh);
+    Some(Piece {
+        bytes,
+        fresh: fresh.len(),
+        stream_end: end,
+    })
+}
+
 #[derive(Debug)]
 struct JobLog {
-    /// Bytes of the agent's stream received so far (its offset space).
-    received: u64,
+    /// Bytes of the agent's stream received so far (its offset space); `None` until
+    /// read from the store.
+    received: Option<u64>,
     /// Bumped on every append, to wake followers.
     tx: watch::Sender<u64>,
 }
 
-/// The per-job log files of one data directory.
+#[derive(Debug)]
+enum Storage {
+    Files(PathBuf),
+    Store(Store),
+}
+
+/// The per-job logs of one coordinator (files) or cluster (store).
 #[derive(Debug)]
 pub struct Logs {
-    dir: PathBuf,
+    storage: Storage,
     open: Mutex<HashMap<(JobId, u32), JobLog>>,
 }
 
 impl Logs {
-    pub fn new(dir: &Path) -> std::io::Result<Logs> {
+    /// Logs as files under `dir` (the embedded store's layout).
+    pub fn files(dir: &Path) -> std::io::Result<Logs> {
         std::fs::create_dir_all(dir)?;
         Ok(Logs {
-            dir: dir.to_path_buf(),
+            storage: Storage::Files(dir.to_path_buf()),
             open: Mutex::new(HashMap::new()),
         })
     }
 
-    fn path(&self, job: JobId) -> PathBuf {
-        self.dir.join(format!("{job}.log"))
+    /// Logs in the shared store, for coordinators that take over from each other.
+    pub fn in_store(store: Store) -> Logs {
+        Logs {
+            storage: Storage::Store(store),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn path(dir: &Path, job: JobId) -> PathBuf {
+        dir.join(format!("{job}.log"))
     }
 
     fn entry(map: &mut HashMap<(JobId, u32), JobLog>, job: JobId, attempt: u32) -> &mut JobLog {
         map.entry((job, attempt)).or_insert_with(|| JobLog {
-            received: 0,
+            received: None,
             tx: watch::channel(0).0,
         })
     }
 
+    fn received(&self, job: JobId, attempt: u32) -> Option<u64> {
+        let mut map = self.open.lock().expect("logs lock poisoned");
+        Self::entry(&mut map, job, attempt).received
+    }
+
+    fn advanced(&self, job: JobId, attempt: u32, stream_end: u64) {
+        let mut map = self.open.lock().expect("logs lock poisoned");
+        let log = Self::entry(&mut map, job, attempt);
+        log.received = Some(stream_end);
+        log.tx.send_modify(|n| *n += 1);
+    }
+
     /// Append a chunk at `offset` of attempt `attempt`'s stream. Returns the bytes
-    /// actually written (0 for a duplicate).
-    pub fn append(
+    /// of the chunk actually stored (0 for a duplicate). Chunks of one attempt come
+    /// in order on one stream, so they are never appended concurrently.
+    pub async fn append(
         &self,
         job: JobId,
         attempt: u32,
         offset: u64,
-        data: &[u8],
-    ) -> std::io::Result<usize> {
-        let mut map = self.open.lock().expect("logs lock poisoned");
-        let log = Self::entry(&mut map, job, attempt);
-        let end = offset.saturating_add(data.len() as u64);
-        if end <= log.received {
-            return Ok(0);
+        data: Vec<u8>,
+    ) -> Result<usize, LogError> {
+        match &self.storage {
+            Storage::Files(dir) => {
+                // A restarted coordinator starts each stream afresh: the agent
+                // resends from where its connection broke.
+                let received = self.received(job, attempt).unwrap_or(0);
+                let Some(piece) = plan(received, attempt, offset, &data) else {
+                    return Ok(0);
+                };
+                let path = Self::path(dir, job);
+                let bytes = piece.bytes.clone();
+                tokio::task::spawn_blocking(move || append_file(&path, &bytes))
+                    .await
+                    .map_err(|e| LogError::Task(e.to_string()))??;
+                self.advanced(job, attempt, piece.stream_end);
+                Ok(piece.fresh)
+            }
+            Storage::Store(store) => {
+                let known = self.received(job, attempt);
+                let (fresh, stream_end) = store
+                    .log_append(job, attempt, known, MAX_LOG_BYTES, move |received| {
+                        plan(received, attempt, offset, &data)
+                    })
+                    .await?;
+                self.advanced(job, attempt, stream_end);
+                Ok(fresh)
+            }
         }
-        let skip = usize::try_from(log.received.saturating_sub(offset))
-            .unwrap_or(data.len())
-            .min(data.len());
-        let fresh = &data[skip..];
-        let mut gap = Vec::new();
-        if offset > log.received {
-            gap = format!(
-                "\n[helix: {} bytes of output were lost]\n",
-                offset - log.received
-            )
-            .into_bytes();
-        }
-        let path = self.path(job);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        if attempt > 1 && log.received == 0 {
-            writeln!(file, "\n[helix: attempt {attempt}]")?;
-        }
-        file.write_all(&gap)?;
-        file.write_all(fresh)?;
-        let written = fresh.len();
-        log.received = end;
-        let len = file.metadata()?.len();
-        drop(file);
-        if len > MAX_LOG_BYTES + MAX_LOG_BYTES / 5 {
-            trim_head(&path, len, MAX_LOG_BYTES)?;
-        }
-        log.tx.send_modify(|n| *n += 1);
-        Ok(written)
     }
 
-    /// Everything stored for `job` from byte `from` of the file.
-    pub fn read_from(&self, job: JobId, from: u64) -> std::io::Result<Vec<u8>> {
-        let mut file = match std::fs::File::open(self.path(job)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        file.seek(SeekFrom::Start(from))?;
-        let mut out = Vec::new();
-        file.read_to_end(&mut out)?;
-        Ok(out)
+    /// What is stored for `job` from byte `from` of its log, and the offset to read
+    /// from next (past the returned bytes; past a dropped head, if any).
+    pub async fn read_from(&self, job: JobId, from: u64) -> Result<(Vec<u8>, u64), LogError> {
+        match &self.storage {
+            Storage::Files(dir) => {
+                let path = Self::path(dir, job);
+                let data = tokio::task::spawn_blocking(move || read_file(&path, from))
+                    .await
+                    .map_err(|e| LogError::Task(e.to_string()))??;
+                let next = from + data.len() as u64;
+                Ok((data, next))
+            }
+            Storage::Store(store) => Ok(store.log_read(job, from).await?),
+        }
     }
 
     /// The last `lines` lines of a job's log, for failure messages.
-    pub fn tail(&self, job: JobId, lines: usize) -> String {
-        let text = self.read_from(job, 0).unwrap_or_default();
+    pub async fn tail(&self, job: JobId, lines: usize) -> String {
+        let mut text = Vec::new();
+        let mut from = 0;
+        while let Ok((data, next)) = self.read_from(job, from).await {
+            if data.is_empty() {
+                break;
+            }
+            text.extend_from_slice(&data);
+            from = next;
+        }
         let text = String::from_utf8_lossy(&text);
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
@@ -127,13 +217,40 @@ impl Logs {
         Self::entry(&mut map, job, attempt).tx.subscribe()
     }
 
-    /// Forget the in-memory state of a finished job (the file stays).
+    /// Forget the in-memory state of a finished job (the log stays).
     pub fn close(&self, job: JobId) {
         self.open
             .lock()
             .expect("logs lock poisoned")
             .retain(|(j, _), _| *j != job);
     }
+}
+
+/// Append to a job's file, trimming its head past the cap.
+fn append_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    let len = file.metadata()?.len();
+    drop(file);
+    if len > MAX_LOG_BYTES + MAX_LOG_BYTES / 5 {
+        trim_head(path, len, MAX_LOG_BYTES)?;
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path, from: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(from))?;
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Keep the last `keep` bytes of the file, behind a marker line.
@@ -156,47 +273,4 @@ fn trim_head(path: &Path, len: u64, keep: u64) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn appends_in_order_and_trims_resent_chunks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let logs = Logs::new(dir.path()).expect("logs");
-        let job = JobId::new_v4();
-        assert_eq!(logs.append(job, 1, 0, b"hello ").expect("append"), 6);
-        assert_eq!(
-            logs.append(job, 1, 3, b"lo world").expect("append"),
-            5,
-            "overlap trimmed"
-        );
-        assert_eq!(
-            logs.append(job, 1, 0, b"hello").expect("append"),
-            0,
-            "duplicate dropped"
-        );
-        assert_eq!(logs.read_from(job, 0).expect("read"), b"hello world");
-        logs.append(job, 1, 20, b"!").expect("append");
-        let text = String::from_utf8(logs.read_from(job, 0).expect("read")).expect("utf-8");
-        assert!(text.contains("9 bytes of output were lost"), "{text}");
-        assert_eq!(logs.tail(job, 1), "!");
-    }
-
-    #[test]
-    fn logs_are_bounded_keeping_the_tail() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let logs = Logs::new(dir.path()).expect("logs");
-        let job = JobId::new_v4();
-        let chunk = vec![b'x'; 1024 * 1024];
-        let mut offset = 0;
-        for _ in 0..13 {
-            logs.append(job, 1, offset, &chunk).expect("append");
-            offset += chunk.len() as u64;
-        }
-        logs.append(job, 1, offset, b"\nthe end\n").expect("append");
-        let text = logs.read_from(job, 0).expect("read");
-        assert!(text.len() as u64 <= MAX_LOG_BYTES + MAX_LOG_BYTES / 5 + 100);
-        assert!(String::from_utf8_lossy(&text).starts_with("[helix: the first"));
-        assert_eq!(logs.tail(job, 1), "the end");
-    }
-}
+mod tests;

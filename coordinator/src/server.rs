@@ -264,12 +264,15 @@ impl Server {
             warn!(%local_addr, "no --advertise address: standbys will redirect agents and admins to {advertise}, which they cannot reach; set --advertise HOST:PORT");
         }
 
-        let logs = Arc::new(
-            Logs::new(&dir.logs()).map_err(|source| ServeError::DataDir {
+        // With a shared store the logs are shared too, so a new leader serves them.
+        let logs = Arc::new(if store.is_shared() {
+            Logs::in_store(store.clone())
+        } else {
+            Logs::files(&dir.logs()).map_err(|source| ServeError::DataDir {
                 path: dir.logs().display().to_string(),
                 source,
-            })?,
-        );
+            })?
+        });
         let assembler = Arc::new(Assembler::new(&opts.insecure_registries)?);
         let contexts = Arc::new(
             Contexts::open(&dir.contexts(), opts.max_context_size).map_err(|source| {

@@ -70,6 +70,8 @@ pub enum StoreError {
     Token(#[from] TokenRefusal),
     #[error("the store task failed: {0}")]
     Task(String),
+    #[error("{0} is not supported")]
+    Unsupported(&'static str),
 }
 
 impl StoreError {
@@ -367,6 +369,37 @@ impl Store {
     /// The newest `limit` builds, newest first.
     pub async fn recent_builds(&self, limit: usize) -> Result<Vec<Build>, StoreError> {
         dispatch!(self, |s| s.recent_builds(limit))
+    }
+
+    // ---- build logs (PostgreSQL; the embedded store keeps them in files) --------
+
+    /// Append to a job's log in one fenced transaction: `plan` gets how much of the
+    /// attempt's stream is stored (`known` when the caller knows, else read from the
+    /// database, as after a takeover) and says what to store. The head of the log is
+    /// dropped past `cap` bytes. Returns (fresh bytes stored, the stream's end).
+    pub async fn log_append<F>(
+        &self,
+        job: JobId,
+        attempt: u32,
+        known: Option<u64>,
+        cap: u64,
+        plan: F,
+    ) -> Result<(usize, u64), StoreError>
+    where
+        F: FnOnce(u64) -> Option<crate::logs::Piece> + Send,
+    {
+        match &self.backend {
+            Backend::Redb(_) => Err(StoreError::Unsupported("build logs in the embedded store")),
+            Backend::Postgres(p) => p.log_append(job, attempt, known, cap, plan).await,
+        }
+    }
+
+    /// A job's log from byte `from`: the bytes and the offset to read from next.
+    pub async fn log_read(&self, job: JobId, from: u64) -> Result<(Vec<u8>, u64), StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Err(StoreError::Unsupported("build logs in the embedded store")),
+            Backend::Postgres(p) => p.log_read(job, from).await,
+        }
     }
 
     // ---- result cache ---------------------------------------------------------

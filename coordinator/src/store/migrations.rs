@@ -70,5 +70,18 @@ CREATE TABLE helix_cache (
     written_at  timestamptz NOT NULL,
     PRIMARY KEY (key, repository)
 );
+-- Build output: pieces of each job's log at byte `start` of it; `stream_end` is
+-- how much of the attempt's stream the log holds after the piece, so a coordinator
+-- taking over resumes an agent's log stream where its predecessor stopped.
+CREATE TABLE helix_logs (
+    job         uuid        NOT NULL,
+    start       bigint      NOT NULL,
+    attempt     integer     NOT NULL,
+    stream_end  bigint      NOT NULL,
+    data        bytea       NOT NULL,
+    epoch       bigint      NOT NULL,
+    written_at  timestamptz NOT NULL,
+    PRIMARY KEY (job, start)
+);
 "#,
 )];

@@ -834,6 +834,86 @@ impl PgStore {
             .collect()
     }
 
+    // ---- build logs -----------------------------------------------------------
+
+    pub(super) async fn log_append<F>(
+        &self,
+        job: JobId,
+        attempt: u32,
+        known: Option<u64>,
+        cap: u64,
+        plan: F,
+    ) -> Result<(usize, u64), StoreError>
+    where
+        F: FnOnce(u64) -> Option<crate::logs::Piece>,
+    {
+        let mut client = self.conn().await?;
+        let (tx, epoch) = self.fenced(&mut client).await?;
+        let attempt_i = i32::try_from(attempt).unwrap_or(i32::MAX);
+        // Where the log ends and how much of this attempt's stream it holds.
+        let row = tx
+            .query_one(
+                "SELECT coalesce(max(start + length(data)), 0)::bigint,                  coalesce(max(stream_end) FILTER (WHERE attempt = $2), 0)::bigint,                  coalesce(min(start), 0)::bigint                  FROM helix_logs WHERE job = $1",
+                &[&job.0, &attempt_i],
+            )
+            .await
+            .map_err(pg_err)?;
+        let (total, stored, head): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let received = known.unwrap_or(u64::try_from(stored).unwrap_or(0));
+        let Some(piece) = plan(received) else {
+            return Ok((0, received));
+        };
+        let stream_end = i64::try_from(piece.stream_end).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO helix_logs (job, start, attempt, stream_end, data, epoch, written_at)              VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())",
+            &[&job.0, &total, &attempt_i, &stream_end, &piece.bytes, &epoch],
+        )
+        .await
+        .map_err(pg_err)?;
+        let end = total + i64::try_from(piece.bytes.len()).unwrap_or(i64::MAX);
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        if end - head > cap + cap / 5 {
+            // Keep the last `cap` bytes (whole pieces): the end explains a failure.
+            tx.execute(
+                "DELETE FROM helix_logs WHERE job = $1 AND start + length(data) <= $2",
+                &[&job.0, &(end - cap)],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok((piece.fresh, piece.stream_end))
+    }
+
+    pub(super) async fn log_read(
+        &self,
+        job: JobId,
+        from: u64,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
+        let client = self.conn().await?;
+        let from_i = i64::try_from(from).unwrap_or(i64::MAX);
+        // A bounded batch per call; the caller reads on from the returned offset.
+        let rows = client
+            .query(
+                "SELECT start, data FROM helix_logs WHERE job = $1 AND start + length(data) > $2                  ORDER BY start LIMIT 64",
+                &[&job.0, &from_i],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut out = Vec::new();
+        let mut next = from;
+        for row in rows {
+            let start = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            let data: Vec<u8> = row.get(1);
+            let skip = usize::try_from(next.saturating_sub(start)).unwrap_or(data.len());
+            if let Some(rest) = data.get(skip..) {
+                out.extend_from_slice(rest);
+            }
+            next = start + data.len() as u64;
+        }
+        Ok((out, next))
+    }
+
     // ---- result cache ---------------------------------------------------------
 
     pub(super) async fn cache_lookup(

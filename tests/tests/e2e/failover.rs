@@ -250,6 +250,12 @@ fn kill9_of_the_leader_hands_over_and_every_build_succeeds_once() {
             "the index under ha/app:v{n} is the one recorded"
         );
     }
+    // Logs live in the shared store: the new leader serves those its predecessor
+    // received, for every build.
+    for id in &ids {
+        let out = cluster.coords[1].admin(&["build", "logs", id]).ok();
+        assert!(out.stdout.contains("ha-kill-marker"), "build {id}: {out:?}");
+    }
     let log = cluster.coords[1].log();
     assert!(log.contains("elected leader"), "{log}");
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use helix_coordinator::logs::{Logs, MAX_LOG_BYTES};
 use helix_coordinator::store::config::PostgresConfig;
 use helix_coordinator::store::{
     AgentRecord, Candidate, Record, Standing, Store, StoreError, TokenRecord, TokenRefusal,
@@ -64,6 +65,15 @@ impl Fixture {
             place: Place::Postgres(cfg),
             store,
             me,
+        }
+    }
+
+    /// The build logs as this backend keeps them: files beside the embedded store,
+    /// rows in the shared one.
+    fn logs(&self) -> Logs {
+        match &self.place {
+            Place::Redb(dir) => Logs::files(&dir.path().join("logs")).expect("logs dir"),
+            Place::Postgres(_) => Logs::in_store(self.store.clone()),
         }
     }
 
@@ -470,8 +480,97 @@ async fn result_cache(f: &mut Fixture) {
     assert!(s.cache_list().await.expect("list").is_empty());
 }
 
+/// A job's whole log, read on offset by offset as a follower does.
+async fn read_all(logs: &Logs, job: JobId) -> Vec<u8> {
+    let (mut out, mut from) = (Vec::new(), 0);
+    loop {
+        let (data, next) = logs.read_from(job, from).await.expect("read");
+        if data.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&data);
+        from = next;
+    }
+}
+
+async fn build_logs(f: &mut Fixture) {
+    let logs = f.logs();
+    let job = JobId::new_v4();
+    assert_eq!(
+        logs.append(job, 1, 0, b"hello ".to_vec())
+            .await
+            .expect("append"),
+        6
+    );
+    assert_eq!(
+        logs.append(job, 1, 3, b"lo world".to_vec())
+            .await
+            .expect("append"),
+        5,
+        "a resent overlap is trimmed"
+    );
+    assert_eq!(
+        logs.append(job, 1, 0, b"hello".to_vec())
+            .await
+            .expect("append"),
+        0,
+        "a duplicate is dropped"
+    );
+    assert_eq!(read_all(&logs, job).await, b"hello world");
+    // Reading on from an offset gives the rest, and the offset after it.
+    let (rest, next) = logs.read_from(job, 6).await.expect("read");
+    assert_eq!(rest, b"world");
+    assert_eq!(next, 11);
+    // A second attempt is marked; lost output is marked.
+    logs.append(job, 2, 0, b"second\n".to_vec())
+        .await
+        .expect("append");
+    logs.append(job, 2, 20, b"!".to_vec())
+        .await
+        .expect("append");
+    let text = String::from_utf8(read_all(&logs, job).await).expect("utf-8");
+    assert!(
+        text.starts_with("hello world\n[helix: attempt 2]\nsecond\n"),
+        "{text}"
+    );
+    assert!(text.contains("13 bytes of output were lost"), "{text}");
+    assert_eq!(logs.tail(job, 1).await, "!");
+
+    // Bounded: past the cap the head goes and the end stays.
+    let big = JobId::new_v4();
+    let chunk = vec![b'x'; 1024 * 1024];
+    let mut offset = 0;
+    for _ in 0..13 {
+        logs.append(big, 1, offset, chunk.clone())
+            .await
+            .expect("append");
+        offset += chunk.len() as u64;
+    }
+    logs.append(big, 1, offset, b"\nthe end\n".to_vec())
+        .await
+        .expect("append");
+    let mut kept = 0;
+    let mut from = 0;
+    loop {
+        let (data, next) = logs.read_from(big, from).await.expect("read");
+        if data.is_empty() {
+            break;
+        }
+        kept += data.len() as u64;
+        from = next;
+    }
+    assert!(kept <= MAX_LOG_BYTES + MAX_LOG_BYTES / 5 + 100, "{kept}");
+    assert!(kept >= MAX_LOG_BYTES, "{kept}");
+    assert_eq!(logs.tail(big, 1).await, "the end");
+}
+
 async fn crash_and_reopen(f: &mut Fixture) {
     let a = agent("a");
+    let log_job = JobId::new_v4();
+    f.logs()
+        .append(log_job, 1, 0, b"before crash ".to_vec())
+        .await
+        .expect("log");
     let (mut b, mut jobs) = build(7, 5000, &["linux/amd64"]);
     {
         let s = &f.store;
@@ -534,6 +633,7 @@ async fn conformance_redb() {
         job_transitions_and_attempts,
         queue_order_and_recent_builds,
         result_cache,
+        build_logs,
         crash_and_reopen,
     );
 }
@@ -547,6 +647,7 @@ async fn conformance_postgres() {
         job_transitions_and_attempts,
         queue_order_and_recent_builds,
         result_cache,
+        build_logs,
         crash_and_reopen,
     );
 }
