@@ -32,8 +32,17 @@ pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
     }
     // A data dir that was never initialized is a setup error: exit 2, so the unit's
     // RestartPreventExitStatus=2 stops instead of retrying every few seconds.
-    if let Some(helix_coordinator::server::ServeError::NotInitialized(_)) =
-        e.downcast_ref::<helix_coordinator::server::ServeError>()
+    // So is a store that belongs to another cluster or CA, or is newer than this
+    // binary: restarting cannot fix those.
+    if let Some(
+        helix_coordinator::server::ServeError::NotInitialized(_)
+        | helix_coordinator::server::ServeError::Store(
+            helix_coordinator::store::StoreError::NotInitialized
+            | helix_coordinator::store::StoreError::WrongCluster { .. }
+            | helix_coordinator::store::StoreError::WrongCa { .. }
+            | helix_coordinator::store::StoreError::SchemaTooNew { .. },
+        ),
+    ) = e.downcast_ref::<helix_coordinator::server::ServeError>()
     {
         return 2;
     }

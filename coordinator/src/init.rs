@@ -64,6 +64,7 @@ impl InitError {
                 | InitError::CaFrom { .. }
                 | InitError::StoreInUse { .. }
                 | InitError::Store(StoreError::WrongCluster { .. })
+                | InitError::Store(StoreError::WrongCa { .. })
         )
     }
 }
@@ -162,7 +163,10 @@ pub async fn init(dir: &DataDir, opts: &InitOptions) -> Result<Initialized, Init
             Store::create_redb(&dir.database(), &cluster)?;
         }
         StoreConfig::Postgres(pg) => {
-            Store::init_postgres(pg, &cluster).await?;
+            let store = Store::init_postgres(pg, &cluster).await?;
+            // Every coordinator of the cluster must share one CA, or agents enrolled
+            // by one would not trust another.
+            store.check_ca(&ca.fingerprint()).await?;
         }
     }
     written.keep();

@@ -247,6 +247,7 @@ impl Server {
             }
         };
         let cluster = store.cluster().await?;
+        store.check_ca(&ca.fingerprint()).await?;
 
         let tls = tls::server_config(&ca_pem, &server_pem, &server_key)?;
         let quic = tls::quinn_server_config(tls, opts.idle_timeout)?;

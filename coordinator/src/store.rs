@@ -60,6 +60,8 @@ pub enum StoreError {
     SchemaTooNew { found: u32, known: u32 },
     #[error("the database belongs to cluster {found:?}, not {expected:?}")]
     WrongCluster { found: String, expected: String },
+    #[error("the database belongs to a cluster whose CA is sha256 {found}, but this coordinator's CA is sha256 {ours}: initialize further coordinators with `helix-coordinator init --ca-from DIR`, DIR holding a copy of the first one's ca.pem, ca.key and admin.pem")]
+    WrongCa { found: String, ours: String },
     #[error(
         "the database has not been initialized: run `helix-coordinator init --store ...` first"
     )]
@@ -242,6 +244,16 @@ impl Store {
     /// The cluster name recorded at `init`.
     pub async fn cluster(&self) -> Result<String, StoreError> {
         dispatch!(self, |s| s.cluster())
+    }
+
+    /// Check that this coordinator's CA is the cluster's: the first coordinator to
+    /// call this records its CA's fingerprint; every later one must match it.
+    /// (Nothing to check on the embedded store, which one coordinator owns.)
+    pub async fn check_ca(&self, fingerprint: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(()),
+            Backend::Postgres(p) => p.check_ca(fingerprint).await,
+        }
     }
 
     /// Whether the database answers now (for `/readyz`).

@@ -276,6 +276,33 @@ impl PgStore {
         row.map(|r| r.get(0)).ok_or(StoreError::NotInitialized)
     }
 
+    pub(super) async fn check_ca(&self, fingerprint: &str) -> Result<(), StoreError> {
+        let client = self.conn().await?;
+        client
+            .execute(
+                "INSERT INTO helix_meta (key, value) VALUES ('ca_fingerprint', $1) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[&fingerprint],
+            )
+            .await
+            .map_err(pg_err)?;
+        let found: String = client
+            .query_one(
+                "SELECT value FROM helix_meta WHERE key = 'ca_fingerprint'",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if found != fingerprint {
+            return Err(StoreError::WrongCa {
+                found,
+                ours: fingerprint.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         let client = self.conn().await?;
         client.simple_query("SELECT 1").await.map_err(pg_err)?;

@@ -376,3 +376,46 @@ fn postgres_restarted_under_a_build_loses_nothing() {
         "{log}"
     );
 }
+
+#[test]
+fn a_second_coordinator_needs_the_clusters_ca() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pg = Postgres::start().expect("start PostgreSQL");
+    let url = pg.url();
+    let first = Coordinator::init_with(root.path(), "c1", "ha", &["--store", &url]);
+    // Without --ca-from a second coordinator would have a CA of its own, which the
+    // agents enrolled by the first do not trust: refused, pointing at --ca-from.
+    let ran = helix_tests::run(
+        &helix_tests::bin("helix-coordinator"),
+        &helix_tests::s(&[
+            "init",
+            "--data-dir",
+            path(&root.path().join("c2")),
+            "--cluster",
+            "ha",
+            "--store",
+            &url,
+        ]),
+        &[],
+        helix_tests::CMD_TIMEOUT,
+    )
+    .fails_with(2, "--ca-from");
+    assert!(!ran.stderr.contains("helix-test-pw"), "{ran:?}");
+    assert!(!root.path().join("c2").join("ca.key").exists());
+    // With it, the second one shares the CA: same fingerprint, its own server key.
+    Coordinator::init_with(
+        root.path(),
+        "c3",
+        "ha",
+        &["--store", &url, "--ca-from", path(&first.dir)],
+    );
+    let read = |dir: &std::path::Path, f: &str| std::fs::read(dir.join(f)).expect("read");
+    assert_eq!(
+        read(&first.dir, "ca.pem"),
+        read(&root.path().join("c3"), "ca.pem")
+    );
+    assert_ne!(
+        read(&first.dir, "server.key"),
+        read(&root.path().join("c3"), "server.key")
+    );
+}

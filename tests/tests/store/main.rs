@@ -717,6 +717,12 @@ async fn postgres_init_is_idempotent_concurrent_and_checks_the_cluster() {
         .await
         .expect_err("another cluster");
     assert!(err.to_string().contains("\"prod\""), "{err}");
+    // The first coordinator's CA is the cluster's; another CA is refused.
+    store.check_ca("aa11").await.expect("first CA recorded");
+    store.check_ca("aa11").await.expect("same CA");
+    let err = store.check_ca("bb22").await.expect_err("another CA");
+    assert!(matches!(err, StoreError::WrongCa { .. }), "{err}");
+    assert!(err.to_string().contains("--ca-from"), "{err}");
     // A wrong password is an error naming the problem, not a hang.
     let bad = PostgresConfig::new(pg.url().replace(helix_tests::postgres::PASSWORD, "wrong"));
     let err = Store::open_postgres(&bad).await.expect_err("bad password");
