@@ -213,7 +213,8 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS helix_meta (key text PRIMARY KEY, value text NOT NULL)",
+            "SET LOCAL client_min_messages = warning; \
+             CREATE TABLE IF NOT EXISTS helix_meta (key text PRIMARY KEY, value text NOT NULL)",
         )
         .await
         .map_err(pg_err)?;
@@ -461,21 +462,19 @@ impl PgStore {
         Ok(standing)
     }
 
-    /// Expire our lease now so a standby takes over at its next campaign.
+    /// Expire our lease now so a standby takes over at its next campaign. By holder,
+    /// not by fence: the term has usually ended (and the fence cleared) by now.
     pub(super) async fn resign(&self, me: &Candidate) -> Result<(), StoreError> {
-        let fence = self.fence();
         self.step_down();
         let client = self.conn().await?;
-        if let Some(f) = fence {
-            client
-                .execute(
-                    "UPDATE helix_lease SET expires_at = clock_timestamp() \
-                     WHERE id = 1 AND holder = $1 AND epoch = $2",
-                    &[&f.holder, &f.epoch],
-                )
-                .await
-                .map_err(pg_err)?;
-        }
+        client
+            .execute(
+                "UPDATE helix_lease SET expires_at = clock_timestamp() \
+                 WHERE id = 1 AND holder = $1 AND expires_at > clock_timestamp()",
+                &[&me.holder],
+            )
+            .await
+            .map_err(pg_err)?;
         client
             .execute(
                 "DELETE FROM helix_coordinators WHERE holder = $1",

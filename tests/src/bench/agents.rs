@@ -194,6 +194,9 @@ impl Session {
                 CoordinatorToAgent::Cancel { .. } => {
                     rec.cancels.fetch_add(1, Ordering::Relaxed);
                 }
+                // The cluster's coordinators, sent after `Welcome` on a shared store
+                // (a real agent remembers them for failover): expected, nothing to do.
+                CoordinatorToAgent::Coordinators(_) => {}
                 _ => {
                     rec.unexpected.fetch_add(1, Ordering::Relaxed);
                 }

@@ -1,6 +1,7 @@
 //! The coordinator under test: a real `helix-coordinator` process (`init`, then
-//! `serve` on an ephemeral loopback port) in a data directory of its own, and what
-//! `/proc` says about its memory and CPU time.
+//! `serve` on an ephemeral loopback port) in a data directory of its own, on the
+//! embedded redb store or a PostgreSQL URL, and what `/proc` says about its memory
+//! and CPU time (and that of the database server's processes).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,16 +61,26 @@ pub(crate) struct CoordinatorProc {
 
 impl CoordinatorProc {
     /// `init` a data directory under `root`, start `serve`, wait until it listens.
+    /// `store` is a PostgreSQL URL given to both as `--store`, or `None` for the
+    /// default embedded redb store in the data directory. Listening is not leading:
+    /// on PostgreSQL the caller waits for the lease before sending work.
     pub(crate) fn start(
         bin: &Path,
         root: &Path,
         log_level: &str,
+        store: Option<&str>,
     ) -> anyhow::Result<CoordinatorProc> {
         let dir = root.join("coordinator");
         let dir_s = dir.to_str().context("the work directory is not UTF-8")?;
+        let store_args: Vec<&str> = match store {
+            Some(url) => vec!["--store", url],
+            None => Vec::new(),
+        };
+        let mut init_args = vec!["init", "--data-dir", dir_s, "--cluster", "bench"];
+        init_args.extend(&store_args);
         let init = run(
             bin,
-            &helix_tests::s(&["init", "--data-dir", dir_s, "--cluster", "bench"]),
+            &helix_tests::s(&init_args),
             &[],
             Duration::from_secs(60),
         );
@@ -77,21 +88,21 @@ impl CoordinatorProc {
             bail!("helix-coordinator init failed: {}", init.stderr);
         }
         let log = root.join("coordinator.log");
-        let proc = Proc::spawn(
-            "coordinator",
-            bin,
-            &helix_tests::s(&[
-                "serve",
-                "--data-dir",
-                dir_s,
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                log_level,
-            ]),
-            &log,
-            &[],
-        );
+        let mut serve_args = vec![
+            "serve",
+            "--data-dir",
+            dir_s,
+            "--listen",
+            "127.0.0.1:0",
+            // Not the fixed default port, which another coordinator on this host
+            // may hold.
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            log_level,
+        ];
+        serve_args.extend(&store_args);
+        let proc = Proc::spawn("coordinator", bin, &helix_tests::s(&serve_args), &log, &[]);
         let addr = wait_for(Duration::from_secs(30), "the coordinator to listen", || {
             let text = std::fs::read_to_string(&log).ok()?;
             let line = text
@@ -146,6 +157,38 @@ pub(crate) fn memory(pid: u32) -> anyhow::Result<Memory> {
 
 /// CPU time (user + system, all threads) `pid` has used, in seconds.
 pub(crate) fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
+    Ok(stat_times(pid)?.0)
+}
+
+/// CPU time (user + system) of `root` and its children, in seconds: for a
+/// PostgreSQL server, the postmaster, its background processes and every backend.
+/// Children that already exited count through `root`'s reaped-children time, so the
+/// difference of two readings covers backends that came and went between them.
+pub(crate) fn tree_cpu_secs(root: u32) -> anyhow::Result<f64> {
+    let (own, reaped, _) = stat_times(&root.to_string())?;
+    let mut total = own + reaped;
+    let entries = std::fs::read_dir("/proc").context("read /proc")?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the read: skip it.
+        if let Ok((own, _, ppid)) = stat_times(pid) {
+            if ppid == root {
+                total += own;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// From `/proc/<pid>/stat`: own CPU seconds (utime + stime), reaped children's
+/// (cutime + cstime), and the parent pid.
+fn stat_times(pid: &str) -> anyhow::Result<(f64, f64, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("read /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; the fields after it are plain.
@@ -154,16 +197,26 @@ pub(crate) fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
         .map(|(_, r)| r)
         .context("malformed /proc stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let ticks = |i: usize| -> anyhow::Result<f64> {
+    // USER_HZ is 100 on every Linux architecture this runs on (it is part of the ABI).
+    let num = |i: usize| -> anyhow::Result<f64> {
         fields
             .get(i)
             .context("short /proc stat")?
             .parse::<f64>()
             .context("malformed /proc stat value")
     };
-    // USER_HZ is 100 on every Linux architecture this runs on (it is part of the ABI).
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    // After the name: state (3) is index 0, ppid (4) index 1, utime (14) index 11,
+    // stime 12, cutime 13, cstime 14.
+    let ppid = fields
+        .get(1)
+        .context("short /proc stat")?
+        .parse::<u32>()
+        .context("malformed ppid")?;
+    Ok((
+        (num(11)? + num(12)?) / 100.0,
+        (num(13)? + num(14)?) / 100.0,
+        ppid,
+    ))
 }
 
 /// Busy CPU time of the whole machine (all CPUs, everything but idle and iowait), in

@@ -3,11 +3,15 @@
 //! ```text
 //! cargo run --release -p helix-tests --bin bench-dispatch -- --agents 1000 --jobs 20000
 //! cargo run --release -p helix-tests --bin bench-dispatch -- --sweep --jobs 20000 --json-out bench.json
+//! cargo run --release -p helix-tests --bin bench-dispatch -- --store postgres --agents 1000 --jobs 20000
 //! ```
 //!
 //! For each agent count N it starts a real `helix-coordinator` (release build) in a
-//! fresh data directory, enrols N simulated agents with one join token, connects them
-//! over mutual-TLS QUIC through one shared client endpoint, and then:
+//! fresh data directory, on the embedded redb store or (`--store postgres`) on a
+//! fresh throwaway PostgreSQL server ([`helix_tests::postgres::Postgres`]) after
+//! waiting until the coordinator holds the leader lease, enrols N simulated agents
+//! with one join token, connects them over mutual-TLS QUIC through one shared client
+//! endpoint, and then:
 //!
 //! 1. *low load*: submits `--low-load` builds one at a time, each after the previous
 //!    one's outcome was acknowledged, so every agent is idle;
@@ -19,11 +23,14 @@
 //! Definitions of every figure are in `docs/performance.md`. The coordinator is killed
 //! by its pid at the end of each N, also on error.
 //!
-//! Modules: [`process`] (the coordinator process and `/proc` figures), [`agents`] (the
-//! simulated agents and their no-op executor), [`record`] (event times, percentiles).
+//! Modules: [`process`] (the coordinator process and `/proc` figures), [`pg`] (the
+//! PostgreSQL server's CPU time and counters), [`agents`] (the simulated agents and
+//! their no-op executor), [`record`] (event times, percentiles).
 
 #[path = "../bench/agents.rs"]
 mod agents;
+#[path = "../bench/pg.rs"]
+mod pg;
 #[path = "../bench/process.rs"]
 mod process;
 #[path = "../bench/record.rs"]
@@ -39,13 +46,15 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use helix_coordinator::client::AdminClient;
 use helix_coordinator::datadir::DataDir;
-use helix_protocol::wire::{AdminRequest, AdminResponse};
+use helix_protocol::wire::{AdminRequest, AdminResponse, ClusterStatus};
 use helix_protocol::{BuildId, BuildSpec, Platform, Source};
+use helix_tests::postgres::Postgres;
 use helix_transport::files::AdminBundle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::agents::{Enrolled, Keyed, Session};
+use crate::pg::PgServer;
 use crate::process::CoordinatorProc;
 use crate::record::{round, spans_ms, Recorder, Summary, Times};
 
@@ -59,6 +68,27 @@ const PLATFORM: &str = "linux/amd64";
 /// CPU share (of one CPU) other processes may take during a run before it counts as
 /// disturbed (see --retries-if-busy).
 const BUSY_SHARE: f64 = 0.1;
+/// Longest wait for a coordinator on PostgreSQL to take the leader lease.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the coordinator keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// The embedded redb database in the data directory (`init`'s default).
+    Redb,
+    /// A fresh throwaway PostgreSQL server on loopback per run (`--store URL`).
+    Postgres,
+}
+
+impl StoreKind {
+    /// As `ClusterStatus::store` and the report's `store` field name it.
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Redb => "redb",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,6 +112,10 @@ struct Args {
     /// connection, one stream per request; the coordinator allows 100 streams).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// The coordinator's store: redb, or postgres (a throwaway server started per
+    /// run, its data directory in the system temp dir, not in --work-dir).
+    #[arg(long, value_enum, default_value_t = StoreKind::Redb)]
+    store: StoreKind,
     /// Builds submitted one at a time with idle agents (0 to skip).
     #[arg(long, default_value_t = 200)]
     low_load: usize,
@@ -204,10 +238,34 @@ fn bench_fresh(
         args.jobs,
         work.path().display()
     );
-    let coordinator = CoordinatorProc::start(bin, work.path(), &args.coordinator_log_level)?;
+    // Declared before the coordinator, so it is dropped (stopped) after it.
+    let postgres = match args.store {
+        StoreKind::Redb => None,
+        StoreKind::Postgres => {
+            let t = Instant::now();
+            let pg = Postgres::start().context("start a throwaway PostgreSQL server")?;
+            eprintln!(
+                "PostgreSQL on 127.0.0.1:{} (data in {}), started in {:.1}s",
+                pg.port(),
+                pg.data_dir().display(),
+                t.elapsed().as_secs_f64()
+            );
+            Some(pg)
+        }
+    };
+    let url = postgres.as_ref().map(Postgres::url);
+    let server = postgres.as_ref().map(PgServer::new).transpose()?;
+    let coordinator = CoordinatorProc::start(
+        bin,
+        work.path(),
+        &args.coordinator_log_level,
+        url.as_deref(),
+    )?;
     let pid = coordinator.pid();
-    let result = runtime.block_on(bench_one(args, n, &coordinator));
+    let result = runtime.block_on(bench_one(args, n, &coordinator, server.as_ref()));
     coordinator.kill();
+    drop(server);
+    drop(postgres);
     if args.keep {
         let kept = work.keep();
         eprintln!("kept {}", kept.display());
@@ -215,23 +273,37 @@ fn bench_fresh(
     result.with_context(|| format!("the run with {n} agents failed (coordinator pid {pid})"))
 }
 
-/// One agent count against one fresh coordinator.
+/// One agent count against one fresh coordinator; `pg` is its PostgreSQL server,
+/// whose processes' CPU time and counters are reported apart.
 async fn bench_one(
     args: &Args,
     n: usize,
     coordinator: &CoordinatorProc,
+    pg: Option<&PgServer<'_>>,
 ) -> anyhow::Result<serde_json::Value> {
     let pid = coordinator.pid();
     let pid_s = pid.to_string();
     let bench_cpu = || process::cpu_secs("self").unwrap_or(f64::NAN);
     let coord_cpu = || process::cpu_secs(&pid_s).unwrap_or(f64::NAN);
+    let store_cpu = || pg.map_or(0.0, PgServer::cpu_secs);
+    let pg_counters = || {
+        pg.map(|p| tokio::task::block_in_place(|| p.counters()))
+            .transpose()
+    };
     let addr: SocketAddr = coordinator
         .addr
         .parse()
         .context("the coordinator's listen address")?;
     let bundle = AdminBundle::load(&DataDir::new(&coordinator.dir).admin_bundle())
         .context("load the admin bundle")?;
-    let admin = Arc::new(AdminClient::connect(&coordinator.addr, &bundle).await?);
+    let t = Instant::now();
+    let admin = Arc::new(wait_leading(&coordinator.addr, &bundle, args.store).await?);
+    if args.store == StoreKind::Postgres {
+        eprintln!(
+            "the coordinator leads after {:.2}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let uses = u32::try_from(n).context("too many agents")?;
     let token = match admin
         .request(AdminRequest::CreateToken {
@@ -351,8 +423,9 @@ async fn bench_one(
     }
 
     // Throughput.
+    let pg_before = pg_counters()?;
     let acks_before = rec.ack_count();
-    let (coord_cpu0, bench_cpu0) = (coord_cpu(), bench_cpu());
+    let (coord_cpu0, bench_cpu0, store_cpu0) = (coord_cpu(), bench_cpu(), store_cpu());
     let busy0 = process::machine_busy_secs().unwrap_or(f64::NAN);
     let started = Instant::now();
     let submitter = tokio::spawn(submit_many(
@@ -390,11 +463,15 @@ async fn bench_one(
     let run_wall = started.elapsed().as_secs_f64();
     let run_coord_cpu = coord_cpu() - coord_cpu0;
     let run_bench_cpu = bench_cpu() - bench_cpu0;
+    let run_store_cpu = store_cpu() - store_cpu0;
     // CPU time other processes took from the machine meanwhile: a busy machine makes
-    // the figures worse than the coordinator is.
-    let run_other_cpu =
-        (process::machine_busy_secs().unwrap_or(f64::NAN) - busy0 - run_coord_cpu - run_bench_cpu)
-            .max(0.0);
+    // the figures worse than the coordinator is. The database server is ours.
+    let run_other_cpu = (process::machine_busy_secs().unwrap_or(f64::NAN)
+        - busy0
+        - run_coord_cpu
+        - run_bench_cpu
+        - run_store_cpu)
+        .max(0.0);
     if run_other_cpu > BUSY_SHARE * run_wall {
         eprintln!(
             "warning: other processes used {run_other_cpu:.1} CPU-seconds during the {run_wall:.1}s run: the figures are pessimistic"
@@ -402,6 +479,10 @@ async fn bench_one(
     }
     let end_mem = process::memory(pid)?;
     peak_rss = peak_rss.max(end_mem.rss);
+    let pg_per_job = match (pg_before, pg_counters()?) {
+        (Some(before), Some(after)) => Some(after.per_job_since(&before, args.jobs)),
+        _ => None,
+    };
     let submitted = if completed {
         submitter.await.context("the submitter panicked")??
     } else {
@@ -434,6 +515,7 @@ async fn bench_one(
     endpoint.close(0u32.into(), b"bench done");
 
     Ok(serde_json::json!({
+        "store": args.store.name(),
         "agents": n,
         "jobs": args.jobs,
         "capacity": args.capacity,
@@ -462,6 +544,12 @@ async fn bench_one(
             "run": round(run_coord_cpu),
         },
         "bench_cpu_secs_run": round(run_bench_cpu),
+        // The PostgreSQL server's processes; null for redb, which runs inside the
+        // coordinator (its cost is in coordinator_cpu_secs).
+        "store_cpu_secs_run": pg.map(|_| round(run_store_cpu)),
+        // PostgreSQL's own counters over the throughput phase, per job: transactions
+        // committed in the database, WAL records, bytes, writes and fsyncs (server-wide).
+        "postgres_per_job": pg_per_job,
         "other_cpu_secs_run": round(run_other_cpu),
         "keygen_secs": round(keygen_secs),
         "join_secs": round(join_secs),
@@ -471,6 +559,58 @@ async fn bench_one(
         "sessions_lost": sessions_lost,
         "coordinator_log_level": args.coordinator_log_level,
     }))
+}
+
+/// An admin session with the coordinator at `addr` once it leads. On redb it leads
+/// from the start; on PostgreSQL it first has to take the lease, and until then it
+/// redirects or the connection fails. Also checks that it runs on the expected store.
+async fn wait_leading(
+    addr: &str,
+    bundle: &AdminBundle,
+    store: StoreKind,
+) -> anyhow::Result<AdminClient> {
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let last = match leader_status(addr, bundle).await {
+            Ok((admin, status)) => {
+                if status.store != store.name() {
+                    bail!(
+                        "the coordinator runs on store {:?}, expected {:?}",
+                        status.store,
+                        store.name()
+                    );
+                }
+                match (store, status.leader.as_deref()) {
+                    (StoreKind::Redb, _) => return Ok(admin),
+                    (StoreKind::Postgres, Some(leader)) if leader == addr => return Ok(admin),
+                    (StoreKind::Postgres, Some(other)) => {
+                        bail!("another coordinator ({other}) leads the fresh database")
+                    }
+                    (StoreKind::Postgres, None) => "no leader yet".to_string(),
+                }
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "the coordinator at {addr} did not lead within {}s: {last}",
+                LEADER_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A session with the coordinator at `addr` and what it says about the cluster.
+async fn leader_status(
+    addr: &str,
+    bundle: &AdminBundle,
+) -> anyhow::Result<(AdminClient, ClusterStatus)> {
+    let admin = AdminClient::connect(addr, bundle).await?;
+    match admin.request(AdminRequest::ClusterStatus).await? {
+        AdminResponse::Cluster(status) => Ok((admin, status)),
+        other => bail!("unexpected reply to ClusterStatus: {other:?}"),
+    }
 }
 
 /// Submit one build; its id once the coordinator has committed it.
