@@ -58,6 +58,10 @@ fn start_term(node: &Arc<Node>, epoch: u64, process: &CancellationToken) -> Term
         shared,
         term: cancel.clone(),
     });
+    node.metrics.leader.set(1);
+    node.metrics
+        .leader_epoch
+        .set(i64::try_from(epoch).unwrap_or(i64::MAX));
     Term {
         epoch,
         cancel,
@@ -70,6 +74,10 @@ fn start_term(node: &Arc<Node>, epoch: u64, process: &CancellationToken) -> Term
 /// connections end.
 async fn end_term(node: &Arc<Node>, term: Term, leader: Option<String>) {
     node.store.step_down();
+    node.metrics.leader.set(0);
+    if node.store.is_shared() {
+        node.metrics.step_downs.inc();
+    }
     node.role.send_replace(Role::Standby { leader });
     term.cancel.cancel();
     for task in term.tasks {

@@ -81,6 +81,12 @@ pub struct Metrics {
     pub agent_reconnects: Counter,
     pub enrollments: Family<ResultLabel, Counter>,
     pub build_info: Family<VersionLabel, Gauge>,
+    /// 1 while this coordinator leads (always, on the embedded store).
+    pub leader: Gauge,
+    /// The epoch of the current leader term this coordinator knows of.
+    pub leader_epoch: Gauge,
+    /// Times this coordinator stopped leading (lost lease, fenced write).
+    pub step_downs: Counter,
     /// Store open and QUIC bound (and, with an external store, reachable).
     pub ready: AtomicBool,
 }
@@ -101,6 +107,9 @@ impl Metrics {
             agent_reconnects: Counter::default(),
             enrollments: Family::default(),
             build_info: Family::default(),
+            leader: Gauge::default(),
+            leader_epoch: Gauge::default(),
+            step_downs: Counter::default(),
             ready: AtomicBool::new(false),
         };
         {
@@ -111,6 +120,21 @@ impl Metrics {
                 m.jobs.clone(),
             );
             r.register("helix_agents", "Enrolled agents by state (ready, cordoned, draining, revoked, offline) and platform", m.agents.clone());
+            r.register(
+                "helix_coordinator_leader",
+                "1 while this coordinator leads the cluster, 0 while it stands by",
+                m.leader.clone(),
+            );
+            r.register(
+                "helix_coordinator_leader_epoch",
+                "The leader term (lease epoch) this coordinator last saw; 0 on the embedded store",
+                m.leader_epoch.clone(),
+            );
+            r.register(
+                "helix_coordinator_step_downs",
+                "Times this coordinator stopped leading (lease lost or a write fenced)",
+                m.step_downs.clone(),
+            );
             r.register(
                 "helix_slots_total",
                 "Build slots of connected agents",

@@ -419,3 +419,43 @@ fn a_second_coordinator_needs_the_clusters_ca() {
         read(&root.path().join("c3"), "server.key")
     );
 }
+
+#[test]
+fn a_leader_stopping_cleanly_hands_over_before_its_lease_runs_out() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = HaCluster::start(root.path(), 2, 0);
+    // The lease as the leader last renewed it: a standby could take it over at this
+    // time at the earliest, were it not given up.
+    let expiry = cluster
+        .pg
+        .psql("SELECT expires_at FROM helix_lease")
+        .expect("query");
+    let metrics = cluster.coords[0].metrics_addr();
+    let scrape = crate::metrics::scrape(&metrics, "/metrics").1;
+    assert!(scrape.contains("helix_coordinator_leader 1"), "{scrape}");
+
+    let proc = cluster.coords[0].proc.as_mut().expect("running");
+    proc.signal(libc::SIGTERM);
+    assert_eq!(
+        proc.wait_exit(Duration::from_secs(20))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let standby = cluster.coords[1].addr().to_string();
+    wait_for(Duration::from_secs(30), "the standby to lead", || {
+        (leader_of(&cluster.coords[1]).as_deref() == Some(standby.as_str())).then_some(())
+    });
+    let early = cluster
+        .pg
+        .psql(&format!(
+            "SELECT began_at < '{}'::timestamptz FROM helix_epochs WHERE epoch = 2",
+            expiry.trim()
+        ))
+        .expect("query");
+    assert_eq!(
+        early.trim(),
+        "t",
+        "epoch 2 began only after the old lease ran out"
+    );
+    assert!(cluster.coords[0].log().contains("gave up the leader lease"));
+}
