@@ -219,6 +219,38 @@ impl Postgres {
         self.start_again()
     }
 
+    /// Serve TLS with this certificate and key, and refuse every TCP connection that
+    /// does not use it (`hostnossl ... reject`), then restart: a client that gets in
+    /// has spoken TLS.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let cert = self.data.join("server.crt");
+        let key = self.data.join("server.key");
+        std::fs::write(&cert, cert_pem).context("write server.crt")?;
+        std::fs::write(&key, key_pem).context("write server.key")?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .context("chmod server.key")?;
+        if self.as_root {
+            let (uid, gid) = os_user_ids(OS_USER)?;
+            for p in [&cert, &key] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {}", p.display()))?;
+            }
+        }
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).context("read postgresql.conf")?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).context("write postgresql.conf")?;
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            "# Written by helix_tests::postgres (TLS required).\n\
+             local      all  postgres                trust\n\
+             hostssl    all  all       127.0.0.1/32  scram-sha-256\n\
+             hostnossl  all  all       127.0.0.1/32  reject\n",
+        )
+        .context("write pg_hba.conf")?;
+        self.restart()
+    }
+
     /// The postmaster's pid, from `postmaster.pid` (None when it is not there).
     pub fn pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;

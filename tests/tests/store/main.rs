@@ -828,3 +828,45 @@ async fn lease_elects_one_leader_and_fences_the_old_one() {
         Standing::Leader { epoch: 3 }
     );
 }
+
+#[tokio::test]
+async fn postgres_over_tls_verifies_the_server() {
+    let pg = Postgres::start().expect("start PostgreSQL");
+    let ca = helix_transport::pki::ClusterCa::generate("db-ca").expect("CA");
+    let server = ca
+        .issue_server_cert(&["127.0.0.1".into()], Duration::from_secs(3600))
+        .expect("server certificate");
+    pg.require_tls(&server.cert_pem, &server.key_pem)
+        .expect("restart with TLS");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write CA");
+
+    // Without TLS the server refuses us (so a success below means TLS was used).
+    let plain = PostgresConfig::new(pg.url());
+    let err = Store::init_postgres(&plain, "tls")
+        .await
+        .expect_err("no TLS");
+    assert!(
+        err.to_string().contains("no encryption") || err.to_string().contains("pg_hba"),
+        "{err}"
+    );
+
+    // sslmode=require with the server's CA: connected, over TLS.
+    let mut tls = PostgresConfig::new(format!("{}?sslmode=require", pg.url()));
+    tls.ca_file = Some(ca_file);
+    let store = Store::init_postgres(&tls, "tls")
+        .await
+        .expect("TLS with the CA");
+    assert_eq!(store.cluster().await.expect("cluster"), "tls");
+
+    // A server certificate nobody vouches for is refused, naming the reason.
+    let untrusted = PostgresConfig::new(format!("{}?sslmode=require", pg.url()));
+    let err = Store::open_postgres(&untrusted)
+        .await
+        .expect_err("unknown CA");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
