@@ -91,16 +91,23 @@ fn set_ready(node: &Node, ready: bool) {
         .store(ready, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Lead or stand by until `cancel`.
-pub(crate) async fn run(node: Arc<Node>, cancel: CancellationToken) {
-    if !node.store.is_shared() {
-        // The embedded store: one process has the file, and it leads.
-        let term = start_term(&node, 0, &cancel);
-        set_ready(&node, true);
+/// Lead or stand by until `cancel`. On the embedded store the term starts before
+/// this returns, so the first connection is already served, never redirected.
+pub(crate) fn spawn(node: Arc<Node>, cancel: CancellationToken) -> JoinHandle<()> {
+    if node.store.is_shared() {
+        return tokio::spawn(campaign(node, cancel));
+    }
+    // The embedded store: one process has the file, and it leads.
+    let term = start_term(&node, 0, &cancel);
+    set_ready(&node, true);
+    tokio::spawn(async move {
         cancel.cancelled().await;
         end_term(&node, term, None).await;
-        return;
-    }
+    })
+}
+
+/// Campaign for the lease on a shared store until `cancel`.
+async fn campaign(node: Arc<Node>, cancel: CancellationToken) {
     let me = Candidate::new(node.advertise.clone(), node.opts.lease.ttl);
     let ttl = node.opts.lease.ttl;
     let renew = node.opts.lease.renew;

@@ -325,7 +325,7 @@ impl Server {
             None => None,
         };
         // Lead at once on the embedded store; campaign on a shared one.
-        let leadership = tokio::spawn(crate::leader::run(node.clone(), cancel.child_token()));
+        let leadership = crate::leader::spawn(node.clone(), cancel.child_token());
         let node_for_loop = node.clone();
         let cancel_for_loop = cancel.clone();
         let task = tokio::spawn(async move {
