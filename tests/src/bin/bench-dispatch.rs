@@ -264,7 +264,6 @@ fn bench_fresh(
     let pid = coordinator.pid();
     let result = runtime.block_on(bench_one(args, n, &coordinator, server.as_ref()));
     coordinator.kill();
-    drop(server);
     drop(postgres);
     if args.keep {
         let kept = work.keep();
