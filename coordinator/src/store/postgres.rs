@@ -327,13 +327,14 @@ impl PgStore {
     ) -> Result<(deadpool_postgres::Transaction<'c>, i64), StoreError> {
         let fence = self.fence().ok_or(StoreError::NotLeader)?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let row = tx
-            .query_opt(
+        // Prepared once per connection: one round trip per write, not two.
+        let check = tx
+            .prepare_cached(
                 "SELECT holder, advertise, epoch FROM helix_lease WHERE id = 1 FOR SHARE",
-                &[],
             )
             .await
             .map_err(pg_err)?;
+        let row = tx.query_opt(&check, &[]).await.map_err(pg_err)?;
         match row {
             Some(r)
                 if r.get::<_, String>(0) == fence.holder && r.get::<_, i64>(2) == fence.epoch =>
