@@ -154,6 +154,27 @@ pub struct TokenRecord {
     pub uses_left: u32,
 }
 
+impl TokenRecord {
+    /// The record after one enrolment at `now`, or why the token cannot enrol.
+    pub fn spend(&self, now: Timestamp) -> Result<TokenRecord, TokenRefusal> {
+        if now >= self.expires_at {
+            return Err(TokenRefusal::Expired(self.expires_at));
+        }
+        if self.uses_left == 0 {
+            return Err(TokenRefusal::UsedUp);
+        }
+        Ok(TokenRecord {
+            uses_left: self.uses_left - 1,
+            ..self.clone()
+        })
+    }
+
+    /// Expired or used up: nothing can enrol with it any more.
+    pub fn is_dead(&self, now: Timestamp) -> bool {
+        self.expires_at <= now || self.uses_left == 0
+    }
+}
+
 /// One record to write in a [`Store::commit`].
 #[derive(Debug, Clone)]
 pub enum Record {

@@ -588,16 +588,7 @@ impl PgStore {
             Some(r) => decode("helix_tokens", r.get::<_, Json<serde_json::Value>>(0).0)?,
             None => return Err(TokenRefusal::Unknown.into()),
         };
-        if now >= record.expires_at {
-            return Err(TokenRefusal::Expired(record.expires_at).into());
-        }
-        if record.uses_left == 0 {
-            return Err(TokenRefusal::UsedUp.into());
-        }
-        let left = TokenRecord {
-            uses_left: record.uses_left - 1,
-            ..record
-        };
+        let left = record.spend(now)?;
         tx.execute(
             "UPDATE helix_tokens SET record = $2, epoch = $3, written_at = clock_timestamp() \
              WHERE secret_hash = $1",
@@ -623,7 +614,7 @@ impl PgStore {
         for r in rows {
             let rec: TokenRecord =
                 decode("helix_tokens", r.get::<_, Json<serde_json::Value>>(1).0)?;
-            if rec.expires_at <= now || rec.uses_left == 0 {
+            if rec.is_dead(now) {
                 let hash: Vec<u8> = r.get(0);
                 tx.execute("DELETE FROM helix_tokens WHERE secret_hash = $1", &[&hash])
                     .await
@@ -782,13 +773,7 @@ impl PgStore {
         id: BuildId,
     ) -> Result<Option<(Build, Vec<Job>)>, StoreError> {
         let mut client = self.conn().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_err)?;
+        let tx = snapshot(&mut client).await?;
         let Some(row) = tx
             .query_opt("SELECT record FROM helix_builds WHERE id = $1", &[&id.0])
             .await
@@ -808,13 +793,7 @@ impl PgStore {
 
     pub(super) async fn active_builds(&self) -> Result<Vec<(Build, Vec<Job>)>, StoreError> {
         let mut client = self.conn().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_err)?;
+        let tx = snapshot(&mut client).await?;
         let builds = tx
             .query(
                 "SELECT record FROM helix_builds WHERE active ORDER BY created_at, id",
@@ -880,7 +859,10 @@ impl PgStore {
         // Where the log ends and how much of this attempt's stream it holds.
         let row = tx
             .query_one(
-                "SELECT coalesce(max(start + length(data)), 0)::bigint,                  coalesce(max(stream_end) FILTER (WHERE attempt = $2), 0)::bigint,                  coalesce(min(start), 0)::bigint                  FROM helix_logs WHERE job = $1",
+                "SELECT coalesce(max(start + length(data)), 0)::bigint, \
+                 coalesce(max(stream_end) FILTER (WHERE attempt = $2), 0)::bigint, \
+                 coalesce(min(start), 0)::bigint \
+                 FROM helix_logs WHERE job = $1",
                 &[&job.0, &attempt_i],
             )
             .await
@@ -892,8 +874,16 @@ impl PgStore {
         };
         let stream_end = i64::try_from(piece.stream_end).unwrap_or(i64::MAX);
         tx.execute(
-            "INSERT INTO helix_logs (job, start, attempt, stream_end, data, epoch, written_at)              VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())",
-            &[&job.0, &total, &attempt_i, &stream_end, &piece.bytes, &epoch],
+            "INSERT INTO helix_logs (job, start, attempt, stream_end, data, epoch, written_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())",
+            &[
+                &job.0,
+                &total,
+                &attempt_i,
+                &stream_end,
+                &piece.bytes,
+                &epoch,
+            ],
         )
         .await
         .map_err(pg_err)?;
@@ -922,7 +912,8 @@ impl PgStore {
         // A bounded batch per call; the caller reads on from the returned offset.
         let rows = client
             .query(
-                "SELECT start, data FROM helix_logs WHERE job = $1 AND start + length(data) > $2                  ORDER BY start LIMIT 64",
+                "SELECT start, data FROM helix_logs WHERE job = $1 AND start + length(data) > $2 \
+                 ORDER BY start LIMIT 64",
                 &[&job.0, &from_i],
             )
             .await
@@ -1040,6 +1031,18 @@ impl PgStore {
         tx.commit().await.map_err(pg_err)?;
         Ok(removed)
     }
+}
+
+/// A read-only transaction that sees one snapshot, so a build and its jobs are read
+/// as they were at one moment.
+async fn snapshot(client: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_err)
 }
 
 async fn upsert_agent(

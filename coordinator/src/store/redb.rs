@@ -148,16 +148,7 @@ impl RedbStore {
                 Some(v) => decode("tokens_v1", v.value())?,
                 None => return Err(TokenRefusal::Unknown.into()),
             };
-            if now >= record.expires_at {
-                return Err(TokenRefusal::Expired(record.expires_at).into());
-            }
-            if record.uses_left == 0 {
-                return Err(TokenRefusal::UsedUp.into());
-            }
-            let left = TokenRecord {
-                uses_left: record.uses_left - 1,
-                ..record
-            };
+            let left = record.spend(now)?;
             tokens.insert(&secret_hash, encode(&left).as_slice())?;
             txn.open_table(AGENTS)?
                 .insert(agent.id.as_bytes(), encode(agent).as_slice())?;
@@ -176,7 +167,7 @@ impl RedbStore {
             for entry in tokens.iter()? {
                 let (k, v) = entry?;
                 let rec: TokenRecord = decode("tokens_v1", v.value())?;
-                if rec.expires_at <= now || rec.uses_left == 0 {
+                if rec.is_dead(now) {
                     dead.push(*k.value());
                 }
             }
