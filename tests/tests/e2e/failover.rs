@@ -234,6 +234,13 @@ fn kill9_of_the_leader_hands_over_and_every_build_succeeds_once() {
         )
         .expect("query");
     assert_eq!(rows.trim(), "10|0|10");
+    // The jobs running when the leader died were re-attached within the grace
+    // period, not built again: every job is at its first attempt.
+    let attempts = cluster
+        .pg
+        .psql("SELECT count(*) FILTER (WHERE (record->>'attempt')::int = 1), count(*) FROM helix_jobs")
+        .expect("query");
+    assert_eq!(attempts.trim(), "10|10");
     for (n, id) in ids.iter().enumerate() {
         let v = cluster.get(1, id);
         let digest = v["build"]["phase"]["Succeeded"]["index_digest"]
