@@ -92,6 +92,19 @@ impl HaCluster {
                     .map(|_| ())
             });
         }
+        // The leader tells its agents every coordinator it sees heartbeat (checked
+        // each lease-renew): wait until each agent has learned them all.
+        let all: Vec<String> = coords.iter().map(|c| c.addr().to_string()).collect();
+        for agent in &started {
+            wait_for(
+                Duration::from_secs(20),
+                "agents to learn every coordinator",
+                || {
+                    let text = std::fs::read_to_string(agent.dir.join("coordinators.json")).ok()?;
+                    all.iter().all(|a| text.contains(a.as_str())).then_some(())
+                },
+            );
+        }
         HaCluster {
             pg,
             registry,
