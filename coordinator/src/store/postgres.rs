@@ -39,6 +39,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// rest serve admin reads, enrolments and the lease.
 const POOL_SIZE: usize = 16;
 
+/// A record's column values, owned so that its write can be sent with the others.
+enum Row {
+    Build {
+        id: uuid::Uuid,
+        created_at: i64,
+        active: bool,
+        record: Json<serde_json::Value>,
+    },
+    Job {
+        id: uuid::Uuid,
+        build: uuid::Uuid,
+        record: Json<serde_json::Value>,
+    },
+    Cache {
+        key: String,
+        repository: String,
+        last_used: i64,
+        record: Json<serde_json::Value>,
+    },
+}
+
 /// The epoch this coordinator was elected in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fence {
@@ -678,73 +699,95 @@ impl PgStore {
     // ---- builds and jobs ------------------------------------------------------
 
     pub(super) async fn commit(&self, records: &[Record]) -> Result<(), StoreError> {
+        // Encode first: a record that cannot be encoded fails before any I/O.
+        let rows = records
+            .iter()
+            .map(|r| {
+                Ok(match r {
+                    Record::Build(b) => Row::Build {
+                        id: b.id.0,
+                        created_at: ms(b.created_at),
+                        active: !is_terminal(&b.phase),
+                        record: Json(encode(b)?),
+                    },
+                    Record::Job(j) => Row::Job {
+                        id: j.id().0,
+                        build: j.build().0,
+                        record: Json(encode(j)?),
+                    },
+                    Record::Cache(c) => Row::Cache {
+                        key: c.key.to_string(),
+                        repository: c.repository.clone(),
+                        last_used: ms(c.last_used),
+                        record: Json(encode(c)?),
+                    },
+                })
+            })
+            .collect::<Result<Vec<Row>, StoreError>>()?;
         let mut client = self.conn().await?;
         let (tx, epoch) = self.fenced(&mut client).await?;
-        for record in records {
-            match record {
-                Record::Build(b) => {
-                    let stmt = tx
-                        .prepare_cached(
-                            "INSERT INTO helix_builds (id, created_at, active, record, epoch, written_at) \
-                             VALUES ($1, $2, $3, $4, $5, clock_timestamp()) ON CONFLICT (id) DO UPDATE \
-                             SET active = EXCLUDED.active, record = EXCLUDED.record, \
-                             epoch = EXCLUDED.epoch, written_at = EXCLUDED.written_at",
-                        )
+        let build_stmt = tx
+            .prepare_cached(
+                "INSERT INTO helix_builds (id, created_at, active, record, epoch, written_at) \
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp()) ON CONFLICT (id) DO UPDATE \
+                 SET active = EXCLUDED.active, record = EXCLUDED.record, \
+                 epoch = EXCLUDED.epoch, written_at = EXCLUDED.written_at",
+            )
+            .await
+            .map_err(pg_err)?;
+        let job_stmt = tx
+            .prepare_cached(
+                "INSERT INTO helix_jobs (id, build, record, epoch, written_at) \
+                 VALUES ($1, $2, $3, $4, clock_timestamp()) ON CONFLICT (id) DO UPDATE \
+                 SET record = EXCLUDED.record, epoch = EXCLUDED.epoch, \
+                 written_at = EXCLUDED.written_at",
+            )
+            .await
+            .map_err(pg_err)?;
+        let cache_stmt = tx
+            .prepare_cached(
+                "INSERT INTO helix_cache (key, repository, last_used, record, epoch, written_at) \
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp()) \
+                 ON CONFLICT (key, repository) DO UPDATE SET last_used = EXCLUDED.last_used, \
+                 record = EXCLUDED.record, epoch = EXCLUDED.epoch, \
+                 written_at = EXCLUDED.written_at",
+            )
+            .await
+            .map_err(pg_err)?;
+        // Sent together: tokio-postgres pipelines the statements of futures polled
+        // at once, so a step's records cost one round trip, not one each.
+        let (tx_ref, epoch) = (&tx, &epoch);
+        let (build_stmt, job_stmt, cache_stmt) = (&build_stmt, &job_stmt, &cache_stmt);
+        let writes = rows.iter().map(|row| async move {
+            match row {
+                Row::Build {
+                    id,
+                    created_at,
+                    active,
+                    record,
+                } => {
+                    tx_ref
+                        .execute(build_stmt, &[id, created_at, active, record, epoch])
                         .await
-                        .map_err(pg_err)?;
-                    tx.execute(
-                        &stmt,
-                        &[
-                            &b.id.0,
-                            &ms(b.created_at),
-                            &!is_terminal(&b.phase),
-                            &Json(encode(b)?),
-                            &epoch,
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
                 }
-                Record::Job(j) => {
-                    let stmt = tx
-                        .prepare_cached(
-                            "INSERT INTO helix_jobs (id, build, record, epoch, written_at) \
-                             VALUES ($1, $2, $3, $4, clock_timestamp()) ON CONFLICT (id) DO UPDATE \
-                             SET record = EXCLUDED.record, epoch = EXCLUDED.epoch, \
-                             written_at = EXCLUDED.written_at",
-                        )
-                        .await
-                        .map_err(pg_err)?;
-                    tx.execute(&stmt, &[&j.id().0, &j.build().0, &Json(encode(j)?), &epoch])
-                        .await
-                        .map_err(pg_err)?;
+                Row::Job { id, build, record } => {
+                    tx_ref.execute(job_stmt, &[id, build, record, epoch]).await
                 }
-                Record::Cache(c) => {
-                    let stmt = tx
-                        .prepare_cached(
-                            "INSERT INTO helix_cache (key, repository, last_used, record, epoch, written_at) \
-                             VALUES ($1, $2, $3, $4, $5, clock_timestamp()) \
-                             ON CONFLICT (key, repository) DO UPDATE SET last_used = EXCLUDED.last_used, \
-                             record = EXCLUDED.record, epoch = EXCLUDED.epoch, \
-                             written_at = EXCLUDED.written_at",
-                        )
+                Row::Cache {
+                    key,
+                    repository,
+                    last_used,
+                    record,
+                } => {
+                    tx_ref
+                        .execute(cache_stmt, &[key, repository, last_used, record, epoch])
                         .await
-                        .map_err(pg_err)?;
-                    tx.execute(
-                        &stmt,
-                        &[
-                            &c.key.to_string(),
-                            &c.repository,
-                            &ms(c.last_used),
-                            &Json(encode(c)?),
-                            &epoch,
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
                 }
             }
-        }
+        });
+        futures_util::future::try_join_all(writes)
+            .await
+            .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)
     }
 
