@@ -214,7 +214,7 @@ async fn handle(request: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
         AdminRequest::GetBuild { build } => builds::view(shared, build).await,
         AdminRequest::CancelBuild { build } => builds::cancel(shared, build).await,
         AdminRequest::WaitBuild { build } => builds::wait(shared, build).await,
-        AdminRequest::HasContext { digest } => builds::has_context(shared, &digest),
+        AdminRequest::HasContext { digest } => builds::has_context(shared, &digest).await,
         AdminRequest::ListCache => builds::cache_list(shared).await,
         AdminRequest::PruneCache { older_than_secs } => {
             builds::cache_prune(shared, older_than_secs).await

@@ -634,7 +634,22 @@ async fn serve_context(
         .await;
         return;
     }
-    let path = shared.contexts.path(&digest);
+    // From the local cache, or fetched from the shared store (a build submitted to
+    // the coordinator that led before this one).
+    let path = match shared.contexts.local(&digest).await {
+        Ok(Some(path)) => path,
+        Ok(None) => shared.contexts.path(&digest),
+        Err(e) => {
+            warn!(%digest, "cannot fetch a context from the store: {e}");
+            refuse(
+                &mut send,
+                RejectCode::Internal,
+                &format!("cannot fetch context {digest} from the store: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) => {

@@ -46,7 +46,7 @@ pub(crate) async fn submit(shared: &Arc<Shared>, spec: BuildSpec) -> AdminRespon
             Err(e) => return error(RejectCode::BadRequest, e.to_string()),
         },
         Source::Context { digest } => {
-            if !shared.contexts.contains(digest) {
+            if !shared.contexts.has(digest).await.unwrap_or(false) {
                 return error(
                     RejectCode::BadRequest,
                     format!("context {digest} has not been uploaded to this coordinator (build submit --context uploads it)"),
@@ -356,18 +356,30 @@ pub(crate) async fn gc_contexts(
             Source::Git { .. } => None,
         })
         .collect();
+    let in_store = shared
+        .store
+        .context_gc(&keep.iter().cloned().collect::<Vec<_>>(), min_age)
+        .await
+        .map_err(|e| e.to_string())?;
     let contexts = shared.contexts.clone();
-    tokio::task::spawn_blocking(move || contexts.gc(&keep, min_age))
+    let local = tokio::task::spawn_blocking(move || contexts.gc(&keep, min_age))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(local.max(in_store))
 }
 
 /// `build submit --context`: is the context here already?
-pub(crate) fn has_context(shared: &Arc<Shared>, digest: &helix_protocol::Digest) -> AdminResponse {
-    AdminResponse::ContextPresent {
-        present: shared.contexts.contains(digest),
-        max_size: shared.contexts.max_size(),
+pub(crate) async fn has_context(
+    shared: &Arc<Shared>,
+    digest: &helix_protocol::Digest,
+) -> AdminResponse {
+    match shared.contexts.has(digest).await {
+        Ok(present) => AdminResponse::ContextPresent {
+            present,
+            max_size: shared.contexts.max_size(),
+        },
+        Err(e) => internal(e),
     }
 }
 
@@ -386,7 +398,10 @@ pub(crate) async fn upload_context(
                 size,
             }
         }
-        Err(e @ crate::contexts::ContextStoreError::Io(_)) => internal(e),
+        Err(
+            e @ (crate::contexts::ContextStoreError::Io(_)
+            | crate::contexts::ContextStoreError::Shared(_)),
+        ) => internal(e),
         Err(e) => {
             info!(%digest, "build context refused: {e}");
             error(RejectCode::BadRequest, e.to_string())

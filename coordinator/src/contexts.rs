@@ -5,6 +5,10 @@
 //! announced digest. Anything else — too large (checked while streaming), short,
 //! corrupted — leaves nothing behind. Contexts no active build references are
 //! garbage-collected.
+//!
+//! With a shared (PostgreSQL) store a verified context is also stored in the
+//! database, so whichever coordinator leads later can serve it: the local file is
+//! then a cache, filled from the database (and verified again) when an agent asks.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,23 @@ use std::time::{Duration, SystemTime};
 use helix_protocol::Digest;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::store::Store;
+
+/// The sha256 digest of a file's bytes.
+async fn hash_file(path: &Path) -> std::io::Result<Digest> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Digest::from_sha256(hasher.finalize().into()))
+}
 
 /// Why an upload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +49,8 @@ pub enum ContextStoreError {
     Mismatch { expected: Digest, actual: Digest },
     #[error("storing the context failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("storing the context in the shared store failed: {0}")]
+    Shared(#[from] crate::store::StoreError),
 }
 
 /// The context store of one data directory.
@@ -35,11 +58,13 @@ pub enum ContextStoreError {
 pub struct Contexts {
     dir: PathBuf,
     max_size: u64,
+    /// The shared store, when coordinators share one.
+    shared: Option<Store>,
 }
 
 impl Contexts {
     /// Open (and create) `dir`; leftovers of interrupted uploads are removed.
-    pub fn open(dir: &Path, max_size: u64) -> std::io::Result<Contexts> {
+    pub fn open(dir: &Path, max_size: u64, shared: Option<Store>) -> std::io::Result<Contexts> {
         std::fs::create_dir_all(dir.join("sha256"))?;
         let tmp = dir.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
@@ -47,7 +72,57 @@ impl Contexts {
         Ok(Contexts {
             dir: dir.to_path_buf(),
             max_size,
+            shared,
         })
+    }
+
+    /// Whether the context is stored here or in the shared store.
+    pub async fn has(&self, digest: &Digest) -> Result<bool, ContextStoreError> {
+        if self.contains(digest) {
+            return Ok(true);
+        }
+        match &self.shared {
+            Some(store) => Ok(store.context_size(digest).await?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// The local file of a context, fetched from the shared store (and verified)
+    /// when only the database has it; `None` when nobody has it.
+    pub async fn local(&self, digest: &Digest) -> Result<Option<PathBuf>, ContextStoreError> {
+        let path = self.path(digest);
+        if path.is_file() {
+            return Ok(Some(path));
+        }
+        let Some(store) = &self.shared else {
+            return Ok(None);
+        };
+        let tmp = self.tmp_path(digest);
+        let fetched = async {
+            if !store.context_fetch(digest, &tmp).await? {
+                return Ok(false);
+            }
+            let actual = hash_file(&tmp).await?;
+            if &actual != digest {
+                return Err(ContextStoreError::Mismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            tokio::fs::rename(&tmp, &path).await?;
+            Ok(true)
+        }
+        .await;
+        if !matches!(fetched, Ok(true)) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        Ok(fetched?.then_some(path))
+    }
+
+    fn tmp_path(&self, digest: &Digest) -> PathBuf {
+        self.dir
+            .join("tmp")
+            .join(format!("{}.{}", digest.hex(), rand::random::<u64>()))
     }
 
     pub fn max_size(&self) -> u64 {
@@ -80,25 +155,27 @@ impl Contexts {
                 max: self.max_size,
             });
         }
-        if self.contains(digest) {
+        let got = if self.contains(digest) {
             // Already here (a concurrent upload of the same bytes): drain and keep ours.
             let mut sink = tokio::io::sink();
             let got = tokio::io::copy(&mut src.take(size.saturating_add(1)), &mut sink).await?;
-            return if got == size {
-                Ok(size)
-            } else {
-                Err(ContextStoreError::Truncated { got, size })
-            };
+            if got != size {
+                return Err(ContextStoreError::Truncated { got, size });
+            }
+            got
+        } else {
+            let tmp = self.tmp_path(digest);
+            let result = self.receive_into(&tmp, digest, size, src).await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            result?
+        };
+        // Acknowledged only once every coordinator can serve it.
+        if let Some(store) = &self.shared {
+            store.context_put(digest, &self.path(digest)).await?;
         }
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{}.{}", digest.hex(), rand::random::<u64>()));
-        let result = self.receive_into(&tmp, digest, size, src).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        Ok(got)
     }
 
     async fn receive_into<R: AsyncRead + Unpin>(
@@ -175,7 +252,7 @@ mod tests {
 
     fn store(max: u64) -> (tempfile::TempDir, Contexts) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = Contexts::open(&dir.path().join("contexts"), max).expect("open");
+        let c = Contexts::open(&dir.path().join("contexts"), max, None).expect("open");
         (dir, c)
     }
 

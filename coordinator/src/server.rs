@@ -276,7 +276,12 @@ impl Server {
         });
         let assembler = Arc::new(Assembler::new(&opts.insecure_registries)?);
         let contexts = Arc::new(
-            Contexts::open(&dir.contexts(), opts.max_context_size).map_err(|source| {
+            Contexts::open(
+                &dir.contexts(),
+                opts.max_context_size,
+                store.is_shared().then(|| store.clone()),
+            )
+            .map_err(|source| {
                 ServeError::DataDir {
                     path: dir.contexts().display().to_string(),
                     source,

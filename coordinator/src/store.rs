@@ -435,6 +435,45 @@ impl Store {
         }
     }
 
+    // ---- build contexts (PostgreSQL; the embedded store keeps them in files) ----
+
+    /// Store a verified context file for every coordinator (fenced; a no-op when it
+    /// is stored already).
+    pub async fn context_put(&self, digest: &Digest, file: &Path) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Err(StoreError::Unsupported("contexts in the embedded store")),
+            Backend::Postgres(p) => p.context_put(digest, file).await,
+        }
+    }
+
+    /// The size of a stored context, if it is stored.
+    pub async fn context_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(None),
+            Backend::Postgres(p) => p.context_size(digest).await,
+        }
+    }
+
+    /// Write a stored context into `file`; `false` when it is not stored.
+    pub async fn context_fetch(&self, digest: &Digest, file: &Path) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(false),
+            Backend::Postgres(p) => p.context_fetch(digest, file).await,
+        }
+    }
+
+    /// Delete stored contexts not in `keep` and older than `min_age`.
+    pub async fn context_gc(
+        &self,
+        keep: &[Digest],
+        min_age: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(0),
+            Backend::Postgres(p) => p.context_gc(keep, min_age).await,
+        }
+    }
+
     // ---- result cache ---------------------------------------------------------
 
     /// The entry for `key` in `repository`, if any.

@@ -83,5 +83,20 @@ CREATE TABLE helix_logs (
     written_at  timestamptz NOT NULL,
     PRIMARY KEY (job, start)
 );
+-- Uploaded build contexts (`build submit --context`), so that any coordinator that
+-- leads can serve them to agents: verified before they are stored, in chunks.
+CREATE TABLE helix_contexts (
+    digest      text PRIMARY KEY,
+    size        bigint      NOT NULL,
+    chunks      integer     NOT NULL,
+    epoch       bigint      NOT NULL,
+    written_at  timestamptz NOT NULL
+);
+CREATE TABLE helix_context_chunks (
+    digest      text        NOT NULL REFERENCES helix_contexts (digest) ON DELETE CASCADE,
+    seq         integer     NOT NULL,
+    data        bytea       NOT NULL,
+    PRIMARY KEY (digest, seq)
+);
 "#,
 )];

@@ -35,6 +35,9 @@ const MIGRATION_LOCK: i64 = 0x6865_6c69_785f_6d69; // "helix_mi"
 /// How long to wait for a connection (to open, or from the pool).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bytes per row of a stored context.
+const CONTEXT_CHUNK: usize = 1024 * 1024;
+
 /// Connections per coordinator. The engine writes one transaction at a time; the
 /// rest serve admin reads, enrolments and the lease.
 const POOL_SIZE: usize = 16;
@@ -973,6 +976,134 @@ impl PgStore {
             next = start + data.len() as u64;
         }
         Ok((out, next))
+    }
+
+    // ---- build contexts -------------------------------------------------------
+
+    pub(super) async fn context_put(
+        &self,
+        digest: &Digest,
+        file: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        use tokio::io::AsyncReadExt as _;
+        let mut client = self.conn().await?;
+        let (tx, epoch) = self.fenced(&mut client).await?;
+        let key = digest.to_string();
+        let exists = tx
+            .query_opt("SELECT 1 FROM helix_contexts WHERE digest = $1", &[&key])
+            .await
+            .map_err(pg_err)?;
+        if exists.is_some() {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| StoreError::Postgres(format!("reading the context: {e}"));
+        let mut f = tokio::fs::File::open(file).await.map_err(io)?;
+        let size = i64::try_from(f.metadata().await.map_err(io)?.len()).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO helix_contexts (digest, size, chunks, epoch, written_at) \
+             VALUES ($1, $2, 0, $3, clock_timestamp())",
+            &[&key, &size, &epoch],
+        )
+        .await
+        .map_err(pg_err)?;
+        let insert = tx
+            .prepare_cached("INSERT INTO helix_context_chunks (digest, seq, data) VALUES ($1, $2, $3)")
+            .await
+            .map_err(pg_err)?;
+        let mut seq: i32 = 0;
+        let mut buf = vec![0u8; CONTEXT_CHUNK];
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = f.read(&mut buf[filled..]).await.map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            tx.execute(&insert, &[&key, &seq, &&buf[..filled]])
+                .await
+                .map_err(pg_err)?;
+            seq += 1;
+        }
+        tx.execute(
+            "UPDATE helix_contexts SET chunks = $2 WHERE digest = $1",
+            &[&key, &seq],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    pub(super) async fn context_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let client = self.conn().await?;
+        Ok(client
+            .query_opt(
+                "SELECT size FROM helix_contexts WHERE digest = $1",
+                &[&digest.to_string()],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+    }
+
+    pub(super) async fn context_fetch(
+        &self,
+        digest: &Digest,
+        file: &std::path::Path,
+    ) -> Result<bool, StoreError> {
+        use tokio::io::AsyncWriteExt as _;
+        let client = self.conn().await?;
+        let key = digest.to_string();
+        let Some(row) = client
+            .query_opt("SELECT chunks FROM helix_contexts WHERE digest = $1", &[&key])
+            .await
+            .map_err(pg_err)?
+        else {
+            return Ok(false);
+        };
+        let chunks: i32 = row.get(0);
+        let io = |e: std::io::Error| StoreError::Postgres(format!("writing the context: {e}"));
+        let mut f = tokio::fs::File::create(file).await.map_err(io)?;
+        let select = client
+            .prepare_cached("SELECT data FROM helix_context_chunks WHERE digest = $1 AND seq = $2")
+            .await
+            .map_err(pg_err)?;
+        // One chunk at a time: a context may be far larger than memory should hold.
+        for seq in 0..chunks {
+            let data: Vec<u8> = client
+                .query_one(&select, &[&key, &seq])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            f.write_all(&data).await.map_err(io)?;
+        }
+        f.sync_all().await.map_err(io)?;
+        Ok(true)
+    }
+
+    pub(super) async fn context_gc(
+        &self,
+        keep: &[Digest],
+        min_age: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let mut client = self.conn().await?;
+        let (tx, _) = self.fenced(&mut client).await?;
+        let keep: Vec<String> = keep.iter().map(|d| d.to_string()).collect();
+        let age_ms = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+        let removed = tx
+            .execute(
+                "DELETE FROM helix_contexts WHERE NOT (digest = ANY($1)) \
+                 AND written_at < clock_timestamp() - $2::bigint * interval '1 millisecond'",
+                &[&keep, &age_ms],
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(removed)
     }
 
     // ---- result cache ---------------------------------------------------------

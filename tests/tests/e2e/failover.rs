@@ -482,3 +482,72 @@ fn a_leader_stopping_cleanly_hands_over_before_its_lease_runs_out() {
     );
     assert!(cluster.coords[0].log().contains("gave up the leader lease"));
 }
+
+#[test]
+fn a_context_uploaded_to_the_old_leader_is_built_after_failover() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = HaCluster::start(root.path(), 2, 0);
+    let ctx = root.path().join("ctx");
+    std::fs::create_dir_all(&ctx).expect("mkdir");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /hello.txt\n",
+    )
+    .expect("write");
+    std::fs::write(
+        ctx.join("hello.txt"),
+        "built from a context after failover\n",
+    )
+    .expect("write");
+    // No agent yet: the build waits in the queue with its context on c1 (and in
+    // the database).
+    let tag = format!("{}/ha/ctx:v1", cluster.registry.addr);
+    let id = cluster.coords[0]
+        .admin(&[
+            "build",
+            "submit",
+            "--context",
+            path(&ctx),
+            "--platform",
+            "linux/amd64",
+            "--tag",
+            &tag,
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    cluster.coords[0].kill9();
+    let standby = cluster.coords[1].addr().to_string();
+    wait_for(Duration::from_secs(40), "the standby to lead", || {
+        (leader_of(&cluster.coords[1]).as_deref() == Some(standby.as_str())).then_some(())
+    });
+    // An agent enrolled by the new leader fetches the context from it.
+    let mut agent = Agent::new(root.path(), "late-agent");
+    agent
+        .join(cluster.coords[1].addr(), &cluster.coords[1].token(&[]))
+        .ok();
+    agent.start(&[
+        "--coordinator",
+        cluster.coords[1].addr(),
+        "--insecure-registry",
+        cluster.registry.addr.as_str(),
+        "--platform",
+        "linux/amd64",
+    ]);
+    let out = cluster.coords[1].admin(&["build", "wait", &id, "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("build wait --json: {out:?}"));
+    assert_eq!(out.code, Some(0), "{v}\n{}", agent.log());
+    assert_eq!(phase(&v), "Succeeded", "{v}");
+    // Not a copy on c2's disk from before: it came out of the database.
+    assert!(
+        cluster.coords[1]
+            .dir
+            .join("contexts/sha256")
+            .read_dir()
+            .expect("dir")
+            .count()
+            == 1
+    );
+}

@@ -870,3 +870,51 @@ async fn postgres_over_tls_verifies_the_server() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn contexts_in_the_shared_store_serve_every_coordinator_and_are_verified() {
+    use helix_coordinator::contexts::{ContextStoreError, Contexts};
+    let pg = Postgres::start().expect("start PostgreSQL");
+    let cfg = PostgresConfig::new(pg.url());
+    let store = Store::init_postgres(&cfg, "ctx").await.expect("init");
+    lead(&store, &candidate()).await;
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let open = |name: &str| {
+        Contexts::open(&dirs.path().join(name), 1 << 30, Some(store.clone())).expect("open")
+    };
+    let (a, b, c) = (open("a"), open("b"), open("c"));
+    // Over a chunk boundary, so the order of the chunks matters.
+    let data: Vec<u8> = (0..(1024 * 1024 + 4096)).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::sha256_of(&data);
+    a.receive(&digest, data.len() as u64, &mut &data[..])
+        .await
+        .expect("upload");
+    // Another coordinator sees it and fetches it from the database.
+    assert!(b.has(&digest).await.expect("has"));
+    assert!(!b.contains(&digest), "not on b's disk yet");
+    let path = b.local(&digest).await.expect("fetch").expect("stored");
+    assert_eq!(std::fs::read(&path).expect("read"), data);
+    // Damaged in the database: refused, and nothing is left on c's disk.
+    pg.psql_db(
+        "helix",
+        "UPDATE helix_context_chunks SET data = 'x' WHERE seq = 1",
+    )
+    .expect("damage");
+    let err = c.local(&digest).await.expect_err("damaged");
+    assert!(matches!(err, ContextStoreError::Mismatch { .. }), "{err}");
+    assert!(!c.contains(&digest));
+    // An unknown context is nobody's.
+    let unknown = Digest::sha256_of(b"nope");
+    assert!(!b.has(&unknown).await.expect("has"));
+    assert_eq!(b.local(&unknown).await.expect("fetch"), None);
+    // Garbage collection in the database: kept while referenced.
+    assert_eq!(
+        store
+            .context_gc(std::slice::from_ref(&digest), Duration::ZERO)
+            .await
+            .expect("gc"),
+        0
+    );
+    assert_eq!(store.context_gc(&[], Duration::ZERO).await.expect("gc"), 1);
+    assert!(!c.has(&digest).await.expect("has"));
+}
