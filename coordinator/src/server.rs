@@ -281,11 +281,9 @@ impl Server {
                 opts.max_context_size,
                 store.is_shared().then(|| store.clone()),
             )
-            .map_err(|source| {
-                ServeError::DataDir {
-                    path: dir.contexts().display().to_string(),
-                    source,
-                }
+            .map_err(|source| ServeError::DataDir {
+                path: dir.contexts().display().to_string(),
+                source,
             })?,
         );
         let cancel = CancellationToken::new();

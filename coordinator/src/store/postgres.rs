@@ -1007,7 +1007,9 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         let insert = tx
-            .prepare_cached("INSERT INTO helix_context_chunks (digest, seq, data) VALUES ($1, $2, $3)")
+            .prepare_cached(
+                "INSERT INTO helix_context_chunks (digest, seq, data) VALUES ($1, $2, $3)",
+            )
             .await
             .map_err(pg_err)?;
         let mut seq: i32 = 0;
@@ -1059,7 +1061,10 @@ impl PgStore {
         let client = self.conn().await?;
         let key = digest.to_string();
         let Some(row) = client
-            .query_opt("SELECT chunks FROM helix_contexts WHERE digest = $1", &[&key])
+            .query_opt(
+                "SELECT chunks FROM helix_contexts WHERE digest = $1",
+                &[&key],
+            )
             .await
             .map_err(pg_err)?
         else {

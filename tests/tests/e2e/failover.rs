@@ -139,7 +139,8 @@ impl HaCluster {
         serde_json::from_str(&out.stdout).expect("build get --json")
     }
 
-    /// One row per table of rows written under `epoch` after `later` began.
+    /// How many rows, of every table a leader writes, were written under `epoch`
+    /// after epoch `later` began.
     fn written_under_after(&self, epoch: u64, later: u64) -> u64 {
         let union = [
             "helix_tokens",
@@ -147,6 +148,8 @@ impl HaCluster {
             "helix_builds",
             "helix_jobs",
             "helix_cache",
+            "helix_logs",
+            "helix_contexts",
         ]
         .map(|t| format!("SELECT epoch, written_at FROM {t}"))
         .join(" UNION ALL ");
