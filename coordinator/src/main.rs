@@ -7,6 +7,7 @@ mod cluster_cmd;
 mod cluster_opts;
 mod commands;
 mod config;
+mod table;
 
 fn main() -> std::process::ExitCode {
     let args = match config::parse() {
