@@ -426,6 +426,31 @@ impl Coordinator {
         run(&program, &all, &[], CMD_TIMEOUT)
     }
 
+    /// `build submit --repo REPO --ref main` of `tag` (a full image reference) for
+    /// `platforms`, with extra arguments; returns the build id (stdout).
+    pub fn submit(&self, repo: &str, platforms: &str, tag: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "build",
+            "submit",
+            "--repo",
+            repo,
+            "--ref",
+            "main",
+            "--platform",
+            platforms,
+            "--tag",
+            tag,
+        ];
+        args.extend_from_slice(extra);
+        self.admin(&args).ok().stdout.trim().to_string()
+    }
+
+    /// `build get --json`, parsed.
+    pub fn build_get(&self, id: &str) -> serde_json::Value {
+        let out = self.admin(&["build", "get", id, "--json"]).ok();
+        serde_json::from_str(&out.stdout).expect("build get --json")
+    }
+
     /// A fresh join token.
     pub fn token(&self, extra: &[&str]) -> String {
         let mut args = vec!["token", "create"];
@@ -788,26 +813,12 @@ impl BuildCluster {
 
     /// `build submit` with these extra arguments; returns the build id (stdout).
     pub fn submit(&self, repo: &str, platforms: &str, tag: &str, extra: &[&str]) -> String {
-        let mut args = vec![
-            "build",
-            "submit",
-            "--repo",
-            repo,
-            "--ref",
-            "main",
-            "--platform",
-            platforms,
-            "--tag",
-            tag,
-        ];
-        args.extend_from_slice(extra);
-        self.coordinator.admin(&args).ok().stdout.trim().to_string()
+        self.coordinator.submit(repo, platforms, tag, extra)
     }
 
     /// `build get --json`, parsed.
     pub fn get(&self, id: &str) -> serde_json::Value {
-        let out = self.coordinator.admin(&["build", "get", id, "--json"]).ok();
-        serde_json::from_str(&out.stdout).expect("build get --json")
+        self.coordinator.build_get(id)
     }
 
     /// `build wait`: the exit code and the build as JSON.

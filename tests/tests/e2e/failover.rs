@@ -115,28 +115,11 @@ impl HaCluster {
 
     fn submit(&self, via: usize, repo: &str, tag: &str) -> String {
         let image = format!("{}/{tag}", self.registry.addr);
-        self.coords[via]
-            .admin(&[
-                "build",
-                "submit",
-                "--repo",
-                repo,
-                "--ref",
-                "main",
-                "--platform",
-                "linux/amd64",
-                "--tag",
-                &image,
-            ])
-            .ok()
-            .stdout
-            .trim()
-            .to_string()
+        self.coords[via].submit(repo, "linux/amd64", &image, &[])
     }
 
     fn get(&self, via: usize, id: &str) -> serde_json::Value {
-        let out = self.coords[via].admin(&["build", "get", id, "--json"]).ok();
-        serde_json::from_str(&out.stdout).expect("build get --json")
+        self.coords[via].build_get(id)
     }
 
     /// How many rows, of every table a leader writes, were written under `epoch`

@@ -327,34 +327,11 @@ impl NetCluster {
 
     fn submit(&self, repo: &str, tag: &str) -> String {
         let image = format!("{}/{tag}", self.registry.addr);
-        self.coordinator
-            .admin(&[
-                "build",
-                "submit",
-                "--repo",
-                repo,
-                "--ref",
-                "main",
-                "--platform",
-                "linux/amd64",
-                "--tag",
-                &image,
-            ])
-            .ok()
-            .stdout
-            .trim()
-            .to_string()
+        self.coordinator.submit(repo, "linux/amd64", &image, &[])
     }
 
     fn get(&self, id: &str) -> serde_json::Value {
-        serde_json::from_str(
-            &self
-                .coordinator
-                .admin(&["build", "get", id, "--json"])
-                .ok()
-                .stdout,
-        )
-        .expect("json")
+        self.coordinator.build_get(id)
     }
 
     fn wait(&self, id: &str) -> (Option<i32>, serde_json::Value) {

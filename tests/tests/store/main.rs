@@ -625,31 +625,30 @@ macro_rules! cases {
     }};
 }
 
+/// The conformance cases, listed once for both backends.
+macro_rules! every_case {
+    ($make:expr) => {
+        cases!($make;
+            tokens_are_consumed_once_and_expire,
+            agent_registry,
+            job_transitions_and_attempts,
+            queue_order_and_recent_builds,
+            result_cache,
+            build_logs,
+            crash_and_reopen,
+        )
+    };
+}
+
 #[tokio::test]
 async fn conformance_redb() {
-    cases!(|_| Fixture::redb();
-        tokens_are_consumed_once_and_expire,
-        agent_registry,
-        job_transitions_and_attempts,
-        queue_order_and_recent_builds,
-        result_cache,
-        build_logs,
-        crash_and_reopen,
-    );
+    every_case!(|_| Fixture::redb());
 }
 
 #[tokio::test]
 async fn conformance_postgres() {
     let pg = Postgres::start().expect("start PostgreSQL");
-    cases!(|case| Fixture::postgres(&pg, case);
-        tokens_are_consumed_once_and_expire,
-        agent_registry,
-        job_transitions_and_attempts,
-        queue_order_and_recent_builds,
-        result_cache,
-        build_logs,
-        crash_and_reopen,
-    );
+    every_case!(|case| Fixture::postgres(&pg, case));
 }
 
 // ---- schema versions ------------------------------------------------------------
