@@ -52,13 +52,13 @@ pub enum StoreError {
     #[error("fenced: this coordinator led in epoch {epoch}, but {current} has since been elected; stepping down")]
     Fenced { epoch: u64, current: String },
     /// A write was attempted by a coordinator that does not lead.
-    #[error("this coordinator does not hold the leader lease")]
+    #[error("this coordinator does not lead the cluster (any more): retry, and the request goes to the leader")]
     NotLeader,
     #[error("corrupt record in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("the database has schema version {found}, newer than this coordinator knows ({known}): upgrade helix-coordinator")]
     SchemaTooNew { found: u32, known: u32 },
-    #[error("the database belongs to cluster {found:?}, not {expected:?}")]
+    #[error("the database belongs to cluster {found:?}, not {expected:?}: give --cluster {found:?}, or a database of its own for a new cluster")]
     WrongCluster { found: String, expected: String },
     #[error("the database belongs to a cluster whose CA is sha256 {found}, but this coordinator's CA is sha256 {ours}: initialize further coordinators with `helix-coordinator init --ca-from DIR`, DIR holding a copy of the first one's ca.pem, ca.key and admin.pem")]
     WrongCa { found: String, ours: String },

@@ -48,7 +48,6 @@ pub enum Standing {
 pub struct LeaseView {
     pub store: &'static str,
     pub epoch: u64,
-    pub holder: Option<String>,
     /// The holder's advertised address, if its lease has not expired.
     pub leader: Option<String>,
     pub expires_at: Option<Timestamp>,
@@ -63,7 +62,6 @@ impl LeaseView {
         LeaseView {
             store: "redb",
             epoch: 0,
-            holder: None,
             leader: None,
             expires_at: None,
             now: crate::clock::now(),

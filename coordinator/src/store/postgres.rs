@@ -565,7 +565,6 @@ impl PgStore {
         Ok(LeaseView {
             store: "postgres",
             epoch,
-            holder,
             leader,
             expires_at,
             now: ts(now),
