@@ -130,13 +130,14 @@ async fn campaign(node: Arc<Node>, cancel: CancellationToken) {
             }
         }
         let started = Instant::now();
-        match node.store.campaign(&me).await {
+        let standing = node.store.campaign(&me).await;
+        if db_down && standing.is_ok() {
+            info!("the store is reachable again");
+            db_down = false;
+        }
+        match standing {
             Ok(Standing::Leader { epoch }) => {
                 renewed_at = started;
-                if db_down {
-                    info!("the store is reachable again");
-                    db_down = false;
-                }
                 match &term {
                     Some(t) if t.epoch == epoch => {}
                     _ => {
@@ -153,10 +154,6 @@ async fn campaign(node: Arc<Node>, cancel: CancellationToken) {
                 set_ready(&node, true);
             }
             Ok(Standing::Follower { leader }) => {
-                if db_down {
-                    info!("the store is reachable again");
-                    db_down = false;
-                }
                 if let Some(t) = term.take() {
                     warn!(
                         epoch = t.epoch,
