@@ -77,7 +77,7 @@ METRICS=127.0.0.1:$(free_port)
 PIDS+=($!)
 ADDR=
 for _ in $(seq 100); do
-  ADDR=$(grep -o 'listening on [^ ]*' "$WORK/coordinator.log" | head -1 | awk '{print $3}') || true
+  ADDR=$(grep -o '^helix-coordinator listening on [^ ]*$' "$WORK/coordinator.log" | head -1 | awk '{print $4}') || true
   [ -n "$ADDR" ] && break
   sleep 0.1
 done

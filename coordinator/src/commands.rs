@@ -251,7 +251,10 @@ async fn serve(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         })?),
     };
     let server = Server::spawn(opts).await?;
-    eprintln!("helix-coordinator listening on {}", server.local_addr());
+    // One write: scripts (and the tests) read this line while the log is written.
+    let line = format!("helix-coordinator listening on {}\n", server.local_addr());
+    std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes())
+        .context("write to stderr")?;
     // READY=1 once the store is open and QUIC is bound; a no-op without NOTIFY_SOCKET.
     notify(&[
         sd_notify::NotifyState::Ready,

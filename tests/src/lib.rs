@@ -68,6 +68,18 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// The address in a coordinator's `helix-coordinator listening on ADDR` line.
+///
+/// Only complete lines count: the log is read while the process writes it, and a
+/// line caught half-written once gave `127.0.0.` as the address.
+pub fn listening_addr(log: &str) -> Option<String> {
+    let complete = &log[..log.rfind('\n')? + 1];
+    let line = complete
+        .lines()
+        .find(|l| l.contains("helix-coordinator listening on "))?;
+    Some(line.rsplit(' ').next()?.to_string())
+}
+
 /// A child process whose stderr and stdout go to a log file.
 #[derive(Debug)]
 pub struct Proc {
@@ -364,12 +376,7 @@ impl Coordinator {
         let log = self.log.clone();
         let addr = wait_for(Duration::from_secs(15), "the coordinator to listen", || {
             let text = std::fs::read_to_string(&log).ok()?;
-            let line = text
-                .get(start_len..)?
-                .lines()
-                .find(|l| l.contains("helix-coordinator listening on "))?
-                .to_string();
-            let addr = line.rsplit(' ').next()?.to_string();
+            let addr = listening_addr(text.get(start_len..)?)?;
             // Inside a namespace, admin commands reach it over that namespace's loopback.
             Some(addr.replace("0.0.0.0:", "127.0.0.1:"))
         });
@@ -870,4 +877,17 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_addr;
+
+    #[test]
+    fn a_half_written_listening_line_gives_no_address() {
+        let start = "INFO metrics listening\nhelix-coordinator listening on 127.0.0.";
+        assert_eq!(listening_addr(start), None);
+        let whole = format!("{start}1:7443\n");
+        assert_eq!(listening_addr(&whole).as_deref(), Some("127.0.0.1:7443"));
+    }
 }

@@ -105,10 +105,7 @@ impl CoordinatorProc {
         let proc = Proc::spawn("coordinator", bin, &helix_tests::s(&serve_args), &log, &[]);
         let addr = wait_for(Duration::from_secs(30), "the coordinator to listen", || {
             let text = std::fs::read_to_string(&log).ok()?;
-            let line = text
-                .lines()
-                .find(|l| l.contains("helix-coordinator listening on "))?;
-            Some(line.rsplit(' ').next()?.to_string())
+            helix_tests::listening_addr(&text)
         });
         Ok(CoordinatorProc { dir, addr, proc })
     }

@@ -44,10 +44,7 @@ fn serve(dir: &Path, log: &Path) -> (Proc, String) {
     let proc = Proc::spawn("coordinator-2", &bin("helix-coordinator"), &args, log, &[]);
     let addr = wait_for(Duration::from_secs(15), "the coordinator to listen", || {
         let text = std::fs::read_to_string(log).ok()?;
-        let line = text
-            .lines()
-            .find(|l| l.contains("helix-coordinator listening on "))?;
-        Some(line.rsplit(' ').next()?.to_string())
+        helix_tests::listening_addr(&text)
     });
     (proc, addr)
 }
