@@ -1,27 +1,23 @@
-//! [`Metrics`]: the agent's Prometheus metrics, and [`serve`], the optional HTTP
-//! listener for `/metrics`, `/healthz` and `/readyz` (`--metrics-listen`, off by
-//! default: several agents may share a host, and a fixed port would collide).
+//! [`Metrics`]: the agent's Prometheus metrics, served by `helix_health::serve` on
+//! the optional listener for `/metrics`, `/healthz` and `/readyz`
+//! (`--metrics-listen`, off by default: several agents may share a host, and a fixed
+//! port would collide).
 //!
 //! Gauges that describe the present (running jobs, the connection) are refreshed
 //! from the live state just before each scrape, so they cannot drift; counters and
 //! histograms are observed as things happen.
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 /// How a builder run ended: `succeeded`, `failed` or `cancelled`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,85 +155,24 @@ impl Metrics {
         if let Some(refresh) = refresh {
             refresh(self);
         }
-        let mut out = String::new();
-        let r = self.registry.lock().expect("registry lock");
-        if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
-            warn!("cannot encode metrics");
-        }
-        out
+        helix_health::encode(&self.registry.lock().expect("registry lock"))
     }
 }
 
-/// The metrics listener: binds `addr` now (so a bad or busy address fails at
-/// start-up) and serves until `cancel`.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    info!(addr = %local, "metrics and health listening");
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let metrics = metrics.clone();
-                    conns.spawn(async move {
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let service = hyper::service::service_fn(move |req| handle(req, metrics.clone()));
-                        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-                        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-                    });
-                }
-            }
-        }
-        conns.abort_all();
-    });
-    Ok((local, task))
-}
+impl helix_health::Probes for Metrics {
+    fn metrics(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move { self.encode() })
+    }
 
-async fn handle(
-    req: Request<hyper::body::Incoming>,
-    metrics: Arc<Metrics>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = status;
-        if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    /// Ready while a session with the coordinator is up: an agent that cannot
+    /// reach any coordinator gets no work.
+    fn readiness(&self) -> Result<&'static str, &'static str> {
+        if self.is_connected() {
+            Ok("connected\n")
+        } else {
+            Err("not connected to the coordinator\n")
         }
-        resp
-    };
-    let resp = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        (&hyper::Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&hyper::Method::GET, "/readyz") => {
-            if metrics.is_connected() {
-                reply(StatusCode::OK, "text/plain", "connected\n".into())
-            } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not connected to the coordinator\n".into(),
-                )
-            }
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".into(),
-        ),
-    };
-    Ok(resp)
+    }
 }
 
 #[cfg(test)]
@@ -274,37 +209,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn serves_metrics_health_and_readiness() {
-        let m = Arc::new(Metrics::new("podman"));
-        let cancel = CancellationToken::new();
-        let (addr, task) = serve(
-            "127.0.0.1:0".parse().expect("addr"),
-            m.clone(),
-            cancel.clone(),
-        )
-        .await
-        .expect("bind");
-        let get = |path: &'static str| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .expect("write");
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.expect("read");
-            out
-        };
-        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
-        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+    #[test]
+    fn ready_only_while_connected() {
+        use helix_health::Probes as _;
+        let m = Metrics::new("podman");
+        assert!(m.readiness().is_err());
         m.set_connected(true);
-        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-        let metrics = get("/metrics").await;
-        assert!(metrics.contains("helix_agent_info"), "{metrics}");
-        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
-        cancel.cancel();
-        task.await.expect("listener ends");
+        assert_eq!(m.readiness(), Ok("connected\n"));
+        m.set_connected(false);
+        assert!(m.readiness().is_err());
     }
 }

@@ -58,7 +58,7 @@ use crate::executor::Executor;
 use crate::identity::{AgentIdentity, IdentityError};
 use crate::jobs::{Jobs, Notice};
 use crate::join;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::results::{create_private_dir, ResultStore};
 use crate::service::{status_line, Phase, ServiceEvent, ServiceManager, Systemd};
 use crate::session::{self, SessionConfig, SessionEnd};
@@ -264,7 +264,7 @@ pub async fn run(
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     if let Some(addr) = opts.metrics_listen {
-        metrics::serve(addr, metrics.clone(), background.clone())
+        helix_health::serve(addr, metrics.clone(), background.clone())
             .await
             .map_err(|source| RunError::Metrics { addr, source })?;
     }

@@ -5,22 +5,14 @@
 //! jobs) are computed from the scheduler at scrape time, so they can never drift from
 //! the truth; counters and histograms are observed as things happen.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatePlatform {
@@ -196,12 +188,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let r = self.registry.lock().expect("registry lock");
-        if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
-            warn!("cannot encode metrics");
-        }
-        out
+        helix_health::encode(&self.registry.lock().expect("registry lock"))
     }
 }
 
@@ -209,82 +196,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
-}
-
-/// Refreshes the present-tense gauges just before a scrape.
-pub(crate) type Refresh =
-    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
-
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `cancel`.
-pub(crate) async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    refresh: Refresh,
-    cancel: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(addr = %listener.local_addr()?, "metrics and health listening");
-    Ok(tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let (metrics, refresh) = (metrics.clone(), refresh.clone());
-                    conns.spawn(async move {
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let service = hyper::service::service_fn(move |req| handle(req, metrics.clone(), refresh.clone()));
-                        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-                        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-                    });
-                }
-            }
-        }
-        conns.abort_all();
-    }))
-}
-
-async fn handle(
-    req: Request<hyper::body::Incoming>,
-    metrics: Arc<Metrics>,
-    refresh: Refresh,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = status;
-        if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        resp
-    };
-    let resp = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/metrics") => {
-            refresh().await;
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics.encode(),
-            )
-        }
-        (&hyper::Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&hyper::Method::GET, "/readyz") => {
-            if metrics.ready.load(Ordering::Relaxed) {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready\n".into(),
-                )
-            }
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".into(),
-        ),
-    };
-    Ok(resp)
 }

@@ -215,6 +215,34 @@ pub(crate) enum Role {
     },
 }
 
+impl helix_health::Probes for Node {
+    /// The present-tense gauges come from the leader's scheduler; a standby has
+    /// none and exports only its counters and its role.
+    fn metrics(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + '_>> {
+        Box::pin(async move {
+            let role = self.role.borrow().clone();
+            if let Role::Leader { shared, .. } = role {
+                refresh_gauges(&shared).await;
+            }
+            self.metrics.encode()
+        })
+    }
+
+    /// Ready on the leader and on a standby that knows the leader (it redirects);
+    /// not ready while the store cannot be reached.
+    fn readiness(&self) -> Result<&'static str, &'static str> {
+        if self
+            .metrics
+            .ready
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Ok("ready\n")
+        } else {
+            Err("not ready\n")
+        }
+    }
+}
+
 impl Server {
     /// Open the store, load the keys, bind the listener and start accepting. On the
     /// embedded store the coordinator leads at once; on a shared store it stands by,
@@ -303,28 +331,12 @@ impl Server {
             fatal: fatal.clone(),
         });
         let metrics_task = match node.opts.metrics_listen {
-            Some(addr) => {
-                let refresh_node = node.clone();
-                let refresh: crate::metrics::Refresh = Arc::new(move || {
-                    let n = refresh_node.clone();
-                    Box::pin(async move {
-                        let role = n.role.borrow().clone();
-                        if let Role::Leader { shared, .. } = role {
-                            refresh_gauges(&shared).await;
-                        }
-                    })
-                });
-                Some(
-                    crate::metrics::serve(
-                        addr,
-                        node.metrics.clone(),
-                        refresh,
-                        cancel.child_token(),
-                    )
+            Some(addr) => Some(
+                helix_health::serve(addr, node.clone(), cancel.child_token())
                     .await
-                    .map_err(|source| ServeError::Bind { addr, source })?,
-                )
-            }
+                    .map_err(|source| ServeError::Bind { addr, source })?
+                    .1,
+            ),
             None => None,
         };
         // Lead at once on the embedded store; campaign on a shared one.
