@@ -5,6 +5,9 @@
 //!
 //! Agents send ordered chunks with byte offsets; a chunk that starts before what we
 //! already have (a resend after a reconnect) is trimmed, so nothing is stored twice.
+//! How much of each attempt's stream is stored survives a restart: in the database,
+//! or beside a log file in `<job>.pos` (an agent resends a log from its start after
+//! reconnecting, and a restarted coordinator must not store it twice).
 //! A log is capped at [`MAX_LOG_BYTES`]: past it the oldest part is dropped, because
 //! the end of a log is where a failure is explained.
 //! Followers (`build logs --follow`) are woken through a watch channel per job.
@@ -152,19 +155,27 @@ impl Logs {
     ) -> Result<usize, LogError> {
         match &self.storage {
             Storage::Files(dir) => {
-                // A restarted coordinator starts each stream afresh: the agent
-                // resends from where its connection broke.
-                let received = self.received(job, attempt).unwrap_or(0);
-                let Some(piece) = plan(received, attempt, offset, &data) else {
-                    return Ok(0);
-                };
-                let path = Self::path(dir, job);
-                let bytes = piece.bytes.clone();
-                tokio::task::spawn_blocking(move || append_file(&path, &bytes))
-                    .await
-                    .map_err(|e| LogError::Task(e.to_string()))??;
-                self.advanced(job, attempt, piece.stream_end);
-                Ok(piece.fresh)
+                let (dir, known) = (dir.clone(), self.received(job, attempt));
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let positions = Positions::path(&dir, job);
+                    let received = match known {
+                        Some(received) => received,
+                        None => Positions::read(&positions, attempt)?,
+                    };
+                    let Some(piece) = plan(received, attempt, offset, &data) else {
+                        return Ok::<_, std::io::Error>((0, received));
+                    };
+                    // The log first: killed between the two writes, a restarted
+                    // coordinator stores at most this chunk twice, never loses it.
+                    append_file(&Self::path(&dir, job), &piece.bytes)?;
+                    Positions::write(&positions, attempt, piece.stream_end)?;
+                    Ok((piece.fresh, piece.stream_end))
+                })
+                .await
+                .map_err(|e| LogError::Task(e.to_string()))?;
+                let (fresh, stream_end) = outcome?;
+                self.advanced(job, attempt, stream_end);
+                Ok(fresh)
             }
             Storage::Store(store) => {
                 let known = self.received(job, attempt);
@@ -223,6 +234,59 @@ impl Logs {
             .lock()
             .expect("logs lock poisoned")
             .retain(|(j, _), _| *j != job);
+    }
+}
+
+/// How much of each attempt's stream a job's log file holds: `<job>.pos`, one
+/// little-endian `u64` per attempt (attempt `n` at byte `8 * (n - 1)`), each
+/// overwritten in place by one 8-byte write.
+struct Positions;
+
+impl Positions {
+    /// Attempts are bounded by the scheduler (a handful); this only keeps a
+    /// corrupt or hostile attempt number from making a huge sparse file.
+    const MAX_ATTEMPT: u32 = 4096;
+
+    fn path(dir: &Path, job: JobId) -> PathBuf {
+        dir.join(format!("{job}.pos"))
+    }
+
+    fn slot(attempt: u32) -> std::io::Result<u64> {
+        if attempt == 0 || attempt > Self::MAX_ATTEMPT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("attempt {attempt} is out of range"),
+            ));
+        }
+        Ok(u64::from(attempt - 1) * 8)
+    }
+
+    /// Bytes of `attempt`'s stream stored; 0 when none were.
+    fn read(path: &Path, attempt: u32) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt as _;
+        let slot = Self::slot(attempt)?;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut raw = [0u8; 8];
+        match file.read_exact_at(&mut raw, slot) {
+            Ok(()) => Ok(u64::from_le_bytes(raw)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write(path: &Path, attempt: u32, received: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let slot = Self::slot(attempt)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        file.write_all_at(&received.to_le_bytes(), slot)
     }
 }
 

@@ -15,3 +15,18 @@ fn plan_marks_attempts_and_gaps() {
         (&b"bc"[..], 2, 7)
     );
 }
+
+#[test]
+fn positions_are_kept_per_attempt_and_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("job.pos");
+    assert_eq!(Positions::read(&path, 1).expect("no file yet"), 0);
+    Positions::write(&path, 2, 77).expect("write");
+    assert_eq!(Positions::read(&path, 1).expect("read"), 0);
+    assert_eq!(Positions::read(&path, 2).expect("read"), 77);
+    assert_eq!(Positions::read(&path, 3).expect("past the end"), 0);
+    Positions::write(&path, 2, 78).expect("overwrite");
+    assert_eq!(Positions::read(&path, 2).expect("read"), 78);
+    assert!(Positions::write(&path, 0, 1).is_err());
+    assert!(Positions::read(&path, Positions::MAX_ATTEMPT + 1).is_err());
+}

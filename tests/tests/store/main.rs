@@ -604,6 +604,16 @@ async fn crash_and_reopen(f: &mut Fixture) {
     let active = s.active_builds().await.expect("active");
     assert_eq!(active, vec![(b.clone(), jobs.clone())], "resumed exactly");
     assert_eq!(s.cache_list().await.expect("list").len(), 1);
+    // A reconnecting agent resends its log from the start: what was stored before
+    // the crash is neither stored twice nor marked lost.
+    let logs = f.logs();
+    assert_eq!(
+        logs.append(log_job, 1, 0, b"before crash and after\n".to_vec())
+            .await
+            .expect("log"),
+        10
+    );
+    assert_eq!(read_all(&logs, log_job).await, b"before crash and after\n");
     let err = s
         .enroll([1; 32], Timestamp(2), &agent("b"))
         .await
