@@ -708,6 +708,27 @@ impl Registry {
     }
 }
 
+/// A static busybox (Debian's `busybox-static`), for RUN steps in `FROM scratch` images.
+pub fn busybox() -> Vec<u8> {
+    std::fs::read(require_tool("busybox", "busybox-static")).expect("read busybox")
+}
+
+/// A repo whose build prints `marker`, then sleeps `secs` in a RUN step. A
+/// distinctive `secs` (say `"3.75"`) lets a test find the build's `sleep` process by
+/// its command line.
+pub fn sleepy_repo(dir: &Path, marker: &str, secs: &str) -> String {
+    let dockerfile = format!(
+        "FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {marker}; /bin/busybox sleep {secs}; echo done > /done\"]\n"
+    );
+    git_repo(
+        dir,
+        &[
+            ("Dockerfile", dockerfile.as_bytes()),
+            ("bin/busybox", &busybox()),
+        ],
+    )
+}
+
 /// A git repository under `dir` with `files` committed on branch `main`; its
 /// `file://` URL.
 pub fn git_repo(dir: &Path, files: &[(&str, &[u8])]) -> String {

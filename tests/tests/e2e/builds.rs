@@ -3,18 +3,15 @@
 
 use std::time::Duration;
 
-use helix_tests::{git_repo, job_digests, pids_with_cmdline, require_tool, wait_for, BuildCluster};
+use helix_tests::{
+    busybox, git_repo, job_digests, pids_with_cmdline, require_tool, wait_for, BuildCluster,
+};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
 const SIMPLE: &[u8] = b"FROM scratch\nCOPY hello.txt /hello.txt\n";
-
-fn busybox() -> Vec<u8> {
-    let path = require_tool("busybox", "busybox-static");
-    std::fs::read(path).expect("read busybox")
-}
 
 #[test]
 fn a_two_platform_build_pushes_one_index_with_both_platforms_buildah() {

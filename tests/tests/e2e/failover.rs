@@ -6,26 +6,8 @@ use std::time::{Duration, Instant};
 
 use helix_tests::postgres::Postgres;
 use helix_tests::{
-    find_agent, git_repo, path, require_tool, wait_for, Agent, Coordinator, Registry,
+    find_agent, path, require_tool, sleepy_repo, wait_for, Agent, Coordinator, Registry,
 };
-
-fn busybox() -> Vec<u8> {
-    std::fs::read(require_tool("busybox", "busybox-static")).expect("read busybox")
-}
-
-/// A repo whose build prints `marker` and sleeps `secs` in a RUN step.
-fn sleepy_repo(dir: &std::path::Path, marker: &str, secs: u32) -> String {
-    let dockerfile = format!(
-        "FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {marker}; /bin/busybox sleep {secs}; echo done > /done\"]\n"
-    );
-    git_repo(
-        dir,
-        &[
-            ("Dockerfile", dockerfile.as_bytes()),
-            ("bin/busybox", &busybox()),
-        ],
-    )
-}
 
 /// PostgreSQL, a registry, coordinators sharing the store, and agents that were
 /// told only the first coordinator's address (they learn the others from it).
@@ -187,7 +169,7 @@ fn kill9_of_the_leader_hands_over_and_every_build_succeeds_once() {
     let root = tempfile::tempdir().expect("tempdir");
     let cluster = HaCluster::start(root.path(), 2, 2);
     let mut cluster = cluster;
-    let repo = sleepy_repo(&root.path().join("repo"), "ha-kill-marker", 3);
+    let repo = sleepy_repo(&root.path().join("repo"), "ha-kill-marker", "3");
     let ids: Vec<String> = (0..10)
         .map(|n| cluster.submit(0, &repo, &format!("ha/app:v{n}")))
         .collect();
@@ -273,7 +255,7 @@ fn kill9_of_the_leader_hands_over_and_every_build_succeeds_once() {
 fn a_paused_leader_is_fenced_and_steps_down() {
     let root = tempfile::tempdir().expect("tempdir");
     let cluster = HaCluster::start(root.path(), 2, 1);
-    let repo = sleepy_repo(&root.path().join("repo"), "ha-stop-marker", 4);
+    let repo = sleepy_repo(&root.path().join("repo"), "ha-stop-marker", "4");
     let ids: Vec<String> = (0..3)
         .map(|n| cluster.submit(0, &repo, &format!("ha/stop:v{n}")))
         .collect();
@@ -344,7 +326,7 @@ fn a_paused_leader_is_fenced_and_steps_down() {
 fn postgres_restarted_under_a_build_loses_nothing() {
     let root = tempfile::tempdir().expect("tempdir");
     let cluster = HaCluster::start(root.path(), 1, 1);
-    let repo = sleepy_repo(&root.path().join("repo"), "ha-pg-marker", 6);
+    let repo = sleepy_repo(&root.path().join("repo"), "ha-pg-marker", "6");
     let id = cluster.submit(0, &repo, "ha/pg:v1");
     wait_for(Duration::from_secs(60), "the build to run", || {
         job_running(&cluster.get(0, &id)).then_some(())

@@ -5,31 +5,12 @@ use std::time::{Duration, Instant};
 
 use helix_tests::netns::Lab;
 use helix_tests::{
-    find_agent, git_repo, job_digests, pids_with_cmdline, require_tool, wait_for, Agent,
-    BuildCluster, Coordinator, Registry,
+    find_agent, git_repo, job_digests, pids_with_cmdline, require_tool, sleepy_repo, wait_for,
+    Agent, BuildCluster, Coordinator, Registry,
 };
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
-}
-
-fn busybox() -> Vec<u8> {
-    std::fs::read(require_tool("busybox", "busybox-static")).expect("read busybox")
-}
-
-/// A repo whose build prints `marker`, sleeps `secs` (a distinctive value, so the
-/// test can find the builder's processes) and writes a file.
-fn sleepy_repo(dir: &std::path::Path, marker: &str, secs: &str) -> String {
-    let dockerfile = format!(
-        "FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {marker}; /bin/busybox sleep {secs}; echo done > /done\"]\n"
-    );
-    git_repo(
-        dir,
-        &[
-            ("Dockerfile", dockerfile.as_bytes()),
-            ("bin/busybox", &busybox()),
-        ],
-    )
 }
 
 fn job_state(build: &serde_json::Value) -> String {
@@ -196,6 +177,11 @@ fn a_result_produced_while_the_coordinator_is_down_is_delivered_after_restart() 
     wait_for(Duration::from_secs(60), "the job to run", || {
         (!pids_with_cmdline("sleep 3.75").is_empty()).then_some(())
     });
+    // The RUN step's output reaches the coordinator's log before the crash.
+    wait_for(Duration::from_secs(30), "the output in the log", || {
+        let logs = cluster.coordinator.admin(&["build", "logs", &id]);
+        logs.stdout.contains("while-down-marker").then_some(())
+    });
     cluster.coordinator.kill9();
     // The build finishes on the agent while nobody can hear it.
     let results = cluster.agents[0].dir.join("results");
@@ -213,6 +199,19 @@ fn a_result_produced_while_the_coordinator_is_down_is_delivered_after_restart() 
     let job = &done["jobs"][0];
     assert_eq!(job["attempt"], 1, "delivered, not rebuilt: {job:#}");
     assert_eq!(job["history"].as_array().map(Vec::len), Some(0));
+    // After reconnecting the agent resends the whole log; the restarted coordinator
+    // keeps what it had and stores the rest once.
+    let logs = cluster
+        .coordinator
+        .admin(&["build", "logs", &id])
+        .ok()
+        .stdout;
+    assert_eq!(
+        logs.matches("while-down-marker").count(),
+        1,
+        "the output once, not again after the restart:\n{logs}"
+    );
+    assert!(!logs.contains("were lost"), "{logs}");
     // Once acknowledged, the agent forgets it.
     wait_for(
         Duration::from_secs(10),
