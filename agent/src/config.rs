@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches};
-use helix_config::{apply, config_flag, files_of, read_files, ConfigError, FileLayer};
+use helix_config::{apply, files_of, read_files, ConfigError, FileLayer};
 
 use crate::cli::{Cli, Command, RunArgs};
 
@@ -86,17 +86,7 @@ fn subcommand(argv: &[OsString]) -> Option<String> {
 /// The configuration file for `argv`: `--config`, else `HELIX_CONFIG`, else
 /// [`DEFAULT_CONFIG`] if it exists.
 pub(crate) fn config_file(argv: &[OsString]) -> Option<PathBuf> {
-    config_flag(argv)
-        .or_else(|| {
-            std::env::var_os("HELIX_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .or_else(|| {
-            Path::new(DEFAULT_CONFIG)
-                .exists()
-                .then(|| PathBuf::from(DEFAULT_CONFIG))
-        })
+    helix_config::config_file(argv, Path::new(DEFAULT_CONFIG))
 }
 
 /// Parse the command line, layering the configuration under `run`'s flags. `--help`

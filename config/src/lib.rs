@@ -283,6 +283,19 @@ pub fn apply(cmd: clap::Command, layer: &FileLayer) -> clap::Command {
     cmd
 }
 
+/// The configuration file a binary reads: `--config FILE`, else `HELIX_CONFIG` (when
+/// not empty), else `default` if it exists (a package installs it; without one the
+/// built-in defaults and flags are enough).
+pub fn config_file(argv: &[OsString], default: &Path) -> Option<PathBuf> {
+    config_flag(argv)
+        .or_else(|| {
+            std::env::var_os("HELIX_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| default.exists().then(|| default.to_path_buf()))
+}
+
 /// The `--config FILE` given in `argv` (either `--config FILE` or `--config=FILE`).
 pub fn config_flag(argv: &[OsString]) -> Option<PathBuf> {
     let mut it = argv.iter();

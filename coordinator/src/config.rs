@@ -3,10 +3,10 @@
 //! as the schema (see the helix-config crate).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{CommandFactory, FromArgMatches};
-use helix_config::{apply, config_flag, files_of, read_files, ConfigError, FileLayer};
+use helix_config::{apply, files_of, read_files, ConfigError, FileLayer};
 
 use helix_coordinator::store::config::StoreConfig;
 
@@ -80,14 +80,7 @@ pub(crate) fn parse() -> Result<Cli, String> {
     if !is_serve(&argv) {
         return Ok(Cli::parse_from_args(argv));
     }
-    let file = config_flag(&argv)
-        .or_else(|| std::env::var_os("HELIX_CONFIG").map(PathBuf::from))
-        .or_else(|| {
-            Path::new(DEFAULT_CONFIG)
-                .exists()
-                .then(|| PathBuf::from(DEFAULT_CONFIG))
-        });
-    let layer = match file {
+    let layer = match helix_config::config_file(&argv, Path::new(DEFAULT_CONFIG)) {
         Some(f) => load(&f).map_err(|e| e.to_string())?,
         None => FileLayer::default(),
     };
