@@ -41,6 +41,13 @@ for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing: install the Rust toolchain (rustup, with rustfmt and clippy)" >&2; exit 2; }
 done
 
+# The packaging test builds .debs with cargo-deb: install it now, not in the middle
+# of the tests (compiling it takes minutes on a small machine).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "==> installing cargo-deb (for the packaging test)"
+  cargo install cargo-deb --locked
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -105,6 +105,9 @@ impl Proc {
         let err = out.try_clone().expect("clone log handle");
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // Never the host's /etc/helix/*.toml (the package test installs them for a
+        // while): each test says its whole configuration. `--config` still wins.
+        cmd.env("HELIX_CONFIG", "/dev/null");
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -241,24 +244,41 @@ pub fn run(program: &Path, args: &[String], envs: &[(&str, &str)], timeout: Dura
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+    // Read both pipes while waiting: a child writing more than a pipe holds
+    // (64 KiB) would otherwise block until the timeout.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let start = Instant::now();
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
+            let _ = child.wait();
             panic!(
                 "{} {args:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
                 program.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    Ran::from(child.wait_with_output().expect("wait"))
+    };
+    Ran::from(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// A coordinator: its data dir, and the running process when started.
@@ -282,6 +302,21 @@ pub fn in_ns(ns: &Option<String>, program: &Path, args: &[String]) -> (PathBuf, 
 }
 
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// For commands that wait on builds or agents (`build wait`, `--wait`, `agents
+/// drain`, `--follow`): a rebuild after a fault takes tens of seconds on a loaded
+/// machine, and the CLI itself waits without a limit.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long an admin command may run: [`WAIT_TIMEOUT`] for those that wait.
+fn admin_timeout(args: &[&str]) -> Duration {
+    let waits = |a: &&str| matches!(*a, "wait" | "--wait" | "drain" | "--follow" | "-f");
+    if args.iter().any(waits) {
+        WAIT_TIMEOUT
+    } else {
+        CMD_TIMEOUT
+    }
+}
 
 impl Coordinator {
     /// `helix-coordinator init` into `root/name`.
@@ -374,7 +409,7 @@ impl Coordinator {
         let (program, args) = in_ns(&self.ns, &bin("helix-coordinator"), &args);
         let proc = Proc::spawn("coordinator", &program, &args, &self.log, &[]);
         let log = self.log.clone();
-        let addr = wait_for(Duration::from_secs(15), "the coordinator to listen", || {
+        let addr = wait_for(Duration::from_secs(60), "the coordinator to listen", || {
             let text = std::fs::read_to_string(&log).ok()?;
             let addr = listening_addr(text.get(start_len..)?)?;
             // Inside a namespace, admin commands reach it over that namespace's loopback.
@@ -430,7 +465,22 @@ impl Coordinator {
             path(&self.dir),
         ]));
         let (program, all) = in_ns(&self.ns, &bin("helix-coordinator"), &all);
-        run(&program, &all, &[], CMD_TIMEOUT)
+        run(&program, &all, &[], admin_timeout(args))
+    }
+
+    /// A read-only admin command, tried up to three times: tests poll with these
+    /// while the machine is loaded (or a coordinator restarts), and one slow
+    /// handshake must not end a test that would have passed a second later.
+    pub fn query(&self, args: &[&str]) -> Ran {
+        let mut ran = self.admin(args);
+        for _ in 1..3 {
+            if ran.code == Some(0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            ran = self.admin(args);
+        }
+        ran
     }
 
     /// `build submit --repo REPO --ref main` of `tag` (a full image reference) for
@@ -454,7 +504,7 @@ impl Coordinator {
 
     /// `build get --json`, parsed.
     pub fn build_get(&self, id: &str) -> serde_json::Value {
-        let out = self.admin(&["build", "get", id, "--json"]).ok();
+        let out = self.query(&["build", "get", id, "--json"]).ok();
         serde_json::from_str(&out.stdout).expect("build get --json")
     }
 
@@ -467,7 +517,7 @@ impl Coordinator {
 
     /// `agents list --json`, parsed.
     pub fn agents(&self) -> Vec<serde_json::Value> {
-        let out = self.admin(&["agents", "list", "--json"]).ok();
+        let out = self.query(&["agents", "list", "--json"]).ok();
         serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout)
             .expect("agents list --json is a JSON array")
     }
@@ -613,35 +663,59 @@ impl Registry {
         let bin = require_tool("docker-registry", "docker-registry");
         let dir = root.join("registry");
         std::fs::create_dir_all(&dir).expect("registry dir");
-        let port = free_port();
-        let addr = format!("{ip}:{port}");
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.join("data").display()
-            ),
-        )
-        .expect("registry config");
         let ns = ns.map(str::to_string);
-        let (program, args) = in_ns(&ns, &bin, &s(&["serve", path(&config)]));
-        let proc = Proc::spawn("registry", &program, &args, &root.join("registry.log"), &[]);
-        let reg = Registry { addr, proc, ns };
-        wait_for(
-            Duration::from_secs(15),
-            "the registry to answer /v2/",
-            || match &reg.ns {
-                None => reg.get("/v2/").filter(|(code, _)| *code == 200).map(|_| ()),
-                Some(_) => {
-                    let probe = format!(": </dev/tcp/{ip}/{port}");
-                    let (program, args) =
-                        in_ns(&reg.ns, Path::new("/bin/bash"), &s(&["-c", &probe]));
-                    (run(&program, &args, &[], CMD_TIMEOUT).code == Some(0)).then_some(())
-                }
-            },
-        );
-        reg
+        // A free port can be taken by another test before the registry binds it:
+        // then the registry exits, and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let addr = format!("{ip}:{port}");
+            let config = dir.join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                    dir.join("data").display()
+                ),
+            )
+            .expect("registry config");
+            let (program, args) = in_ns(&ns, &bin, &s(&["serve", path(&config)]));
+            let proc = Proc::spawn("registry", &program, &args, &root.join("registry.log"), &[]);
+            let mut reg = Registry {
+                addr,
+                proc,
+                ns: ns.clone(),
+            };
+            let answered = wait_for(
+                Duration::from_secs(30),
+                "the registry to answer /v2/",
+                || {
+                    if reg.answers(ip, port) {
+                        return Some(true);
+                    }
+                    (!reg.proc.is_running()).then_some(false)
+                },
+            );
+            if answered {
+                return reg;
+            }
+        }
+        panic!("the registry did not start on any of 5 free ports; see registry.log");
+    }
+
+    /// Whether this registry (not another process on its port) answers `/v2/`.
+    fn answers(&self, ip: &str, port: u16) -> bool {
+        match &self.ns {
+            // Its own access log proves the answer was its own.
+            None => {
+                self.get("/v2/").is_some_and(|(code, _)| code == 200)
+                    && self.proc.output().contains("\"GET /v2/ ")
+            }
+            Some(_) => {
+                let probe = format!(": </dev/tcp/{ip}/{port}");
+                let (program, args) = in_ns(&self.ns, Path::new("/bin/bash"), &s(&["-c", &probe]));
+                run(&program, &args, &[], CMD_TIMEOUT).code == Some(0)
+            }
+        }
     }
 
     /// A plain HTTP GET; (status, body).
@@ -826,7 +900,7 @@ impl BuildCluster {
             started.push(agent);
         }
         for agent in &started {
-            wait_for(Duration::from_secs(10), "agents to connect", || {
+            wait_for(Duration::from_secs(60), "agents to connect", || {
                 find_agent(&coordinator.agents(), &agent.name)
                     .filter(|a| a["connected"] == true)
                     .map(|_| ())

@@ -38,7 +38,7 @@ fn cluster_with_agent(
     let mut a = Agent::new(root, "agent-1");
     a.join(c.addr(), &token).ok();
     a.start(agent_flags);
-    wait_for(Duration::from_secs(5), "the agent to connect", || {
+    wait_for(Duration::from_secs(60), "the agent to connect", || {
         find_agent(&c.agents(), "agent-1")
             .filter(|a| a["connected"] == true)
             .map(|_| ())
@@ -76,7 +76,7 @@ fn an_agent_enrols_and_is_listed_with_its_platforms() {
         "rack=a1",
     ]);
     let started = std::time::Instant::now();
-    let agent = wait_for(Duration::from_secs(5), "the agent in agents list", || {
+    let agent = wait_for(Duration::from_secs(60), "the agent in agents list", || {
         find_agent(&c.agents(), "agent-1")
             .filter(|a| a["connected"] == true)
             .cloned()
@@ -285,7 +285,7 @@ fn wrong_roles_versions_and_bad_frames_are_refused() {
 
     // The coordinator still serves, and the real agent was not disturbed by a raw
     // connection that used its certificate.
-    wait_for(Duration::from_secs(5), "the agent to be connected", || {
+    wait_for(Duration::from_secs(60), "the agent to be connected", || {
         find_agent(&c.agents(), &agent.name)
             .filter(|a| a["connected"] == true)
             .map(|_| ())
@@ -299,7 +299,7 @@ fn a_revoked_agent_is_cut_off_and_refused() {
     c.admin(&["agents", "revoke", "agent-1"]).ok();
     let status = agent
         .proc()
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(Duration::from_secs(30))
         .expect("the revoked agent exits");
     assert_eq!(status.code(), Some(1), "{}", agent.log());
     assert!(agent.log().contains("revoked"), "{}", agent.log());
@@ -312,7 +312,7 @@ fn a_revoked_agent_is_cut_off_and_refused() {
     agent.start(&[]);
     let status = agent
         .proc()
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(Duration::from_secs(30))
         .expect("refused at connect");
     assert_eq!(status.code(), Some(1));
     assert!(
@@ -335,7 +335,7 @@ fn agents_come_back_after_the_coordinator_is_killed_and_restarted() {
     c.restart();
     let restarted = std::time::Instant::now();
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the agent to reconnect after the restart",
         || {
             find_agent(&c.agents(), "agent-1")
@@ -382,7 +382,7 @@ fn agent_certificates_are_renewed_before_they_expire() {
     // kill its session by restarting the coordinator and watch it come back.
     std::thread::sleep(Duration::from_secs(2));
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the agent to stay connected",
         || {
             find_agent(&c.agents(), "agent-1")

@@ -42,7 +42,7 @@ fn serve(dir: &Path, log: &Path) -> (Proc, String) {
         "",
     ]);
     let proc = Proc::spawn("coordinator-2", &bin("helix-coordinator"), &args, log, &[]);
-    let addr = wait_for(Duration::from_secs(15), "the coordinator to listen", || {
+    let addr = wait_for(Duration::from_secs(60), "the coordinator to listen", || {
         let text = std::fs::read_to_string(log).ok()?;
         helix_tests::listening_addr(&text)
     });

@@ -68,7 +68,7 @@ impl HaCluster {
             started.push(agent);
         }
         for agent in &started {
-            wait_for(Duration::from_secs(15), "agents to connect", || {
+            wait_for(Duration::from_secs(60), "agents to connect", || {
                 find_agent(&coords[0].agents(), &agent.name)
                     .filter(|a| a["connected"] == true)
                     .map(|_| ())

@@ -120,7 +120,7 @@ fn metrics_follow_a_real_build() {
     let (code, _) = cluster.wait(&id);
     assert_eq!(code, Some(0));
     let after = wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the metrics to show the finished job",
         || {
             let s = parse(&scrape(&addr, "/metrics").1);

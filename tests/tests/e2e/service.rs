@@ -524,7 +524,7 @@ fn the_agent_started_as_its_unit_says_enrols_notifies_ready_and_drains_on_sigter
     );
     notify.expect("READY=1", &mut proc, Duration::from_secs(30));
     // Enrolled with the token from the file (then deleted), and connected.
-    wait_for(Duration::from_secs(15), "the agent in agents list", || {
+    wait_for(Duration::from_secs(60), "the agent in agents list", || {
         let agents = c.agents();
         (agents.len() == 1 && agents[0]["connected"] == true).then_some(())
     });
