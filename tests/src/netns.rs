@@ -117,17 +117,26 @@ impl Lab {
         let h = self.host(n);
         ip(&["-n", &h.ns, "link", "set", &h.link, "up"]);
         // The address route comes back with the link; the /16 route must be re-added.
-        let _ = Command::new("ip")
-            .args([
-                "-n",
-                &h.ns,
-                "route",
-                "add",
-                "10.213.0.0/16",
-                "via",
-                &h.hub_ip,
-            ])
-            .output();
+        // It may still be there ("File exists"); any other failure would leave the
+        // host without a route to the hub, so it is one.
+        let args = [
+            "-n",
+            &h.ns,
+            "route",
+            "add",
+            "10.213.0.0/16",
+            "via",
+            &h.hub_ip,
+        ];
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .expect("run ip (apt-get install iproute2)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("File exists"),
+            "ip {args:?} failed: {stderr}"
+        );
     }
 
     /// `program args` inside namespace `ns`, as (program, args) for [`crate::Proc`].

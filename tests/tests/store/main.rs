@@ -746,8 +746,12 @@ async fn lease_elects_one_leader_and_fences_the_old_one() {
     let cfg = PostgresConfig::new(pg.url());
     let a = Store::init_postgres(&cfg, "prod").await.expect("a");
     let b = Store::open_postgres(&cfg).await.expect("b");
-    let me_a = Candidate::new("10.0.0.1:7443".into(), Duration::from_millis(1500));
-    let me_b = Candidate::new("10.0.0.2:7443".into(), Duration::from_millis(1500));
+    // Long enough that the round trips between one campaign and the next checks
+    // (fsync on, a loaded machine) always fit in the lease; only the pause below
+    // lets it expire.
+    let ttl = Duration::from_secs(5);
+    let me_a = Candidate::new("10.0.0.1:7443".into(), ttl);
+    let me_b = Candidate::new("10.0.0.2:7443".into(), ttl);
 
     // Nobody may write before an election.
     let err = b
@@ -785,7 +789,7 @@ async fn lease_elects_one_leader_and_fences_the_old_one() {
     );
 
     // A stops renewing (paused); B takes over once the lease expired.
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
     assert_eq!(
         b.campaign(&me_b).await.expect("b"),
         Standing::Leader { epoch: 2 }
