@@ -2,6 +2,14 @@
 //! sessions, admin requests and a clock tick, and carries out its outputs in order —
 //! commit to the store, then send to agents, then start assemblies.
 //!
+//! **Group commit.** The engine takes what is waiting in its inbox (up to
+//! [`MAX_BATCH`] messages) as one round: every message goes through the scheduler,
+//! the records of the whole round are committed in one transaction, and only then is
+//! anything sent, replied or started, in the order the scheduler asked. Nothing is
+//! acted on before it is durable, as with a commit per message, but a busy
+//! coordinator pays one fsync (or one database round trip) per round instead of one
+//! per message; an idle one still commits each message as it comes.
+//!
 //! Store errors, by kind:
 //! - the database is unavailable (PostgreSQL restarting): the engine retries the same
 //!   write with backoff until it lands or the leader term ends; nothing is acted on
@@ -31,6 +39,9 @@ use crate::store::{Store, StoreError};
 
 /// Messages waiting for the engine before senders wait.
 const INBOX: usize = 1024;
+/// Most messages handled in one round (one commit): bounds the latency a round adds
+/// to its first message, and the size of the transaction.
+const MAX_BATCH: usize = 256;
 /// How often time passes for the scheduler (grace periods).
 const TICK: Duration = Duration::from_secs(1);
 
@@ -252,13 +263,16 @@ pub(crate) async fn run(
                     "resuming active builds from the store"
                 );
             }
+            // One round: whatever resuming changes is committed together.
+            let mut round = Round::default();
             for (build, jobs) in active {
-                if let Err(e) = engine.step(Input::Resume { build, jobs }).await {
-                    if !cancel.is_cancelled() {
-                        failure.report(&e);
-                    }
-                    return;
+                engine.handle(Input::Resume { build, jobs }, &mut round);
+            }
+            if let Err(e) = engine.finish(round).await {
+                if !cancel.is_cancelled() {
+                    failure.report(&e);
                 }
+                return;
             }
         }
         Err(e) => {
@@ -272,20 +286,32 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let result = tokio::select! {
+        let first = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
             Some(joined) = engine.assemblies.join_next(), if !engine.assemblies.is_empty() => {
                 match joined {
-                    Ok((build, result)) => engine.step(Input::Assembled { build, result }).await,
-                    Err(e) => { warn!("an assembly task failed: {e}"); Ok(()) }
+                    Ok((build, result)) => Msg::Input(Input::Assembled { build, result }),
+                    Err(e) => { warn!("an assembly task failed: {e}"); continue }
                 }
             }
-            msg = rx.recv() => {
-                let Some(msg) = msg else { break };
-                engine.message(msg).await
-            }
-            _ = tick.tick() => engine.step(Input::Tick).await,
+            // Before the inbox: a busy inbox must not hold back grace periods.
+            _ = tick.tick() => Msg::Input(Input::Tick),
+            msg = rx.recv() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let mut round = Round::default();
+        let mut result = engine.message(first, &mut round).await;
+        // What else is waiting joins the round.
+        while result.is_ok() && round.messages < MAX_BATCH {
+            let Ok(msg) = rx.try_recv() else { break };
+            result = engine.message(msg, &mut round).await;
+        }
+        let result = match result {
+            Ok(()) => engine.finish(round).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = result {
             if !cancel.is_cancelled() {
@@ -296,6 +322,82 @@ pub(crate) async fn run(
     }
     engine.assemblies.abort_all();
     while engine.assemblies.join_next().await.is_some() {}
+}
+
+/// One round of the engine: the messages handled since the last commit.
+struct Round {
+    /// Messages handled (bounded by [`MAX_BATCH`]).
+    messages: usize,
+    /// Every record the round's scheduler steps asked to persist, in order.
+    records: Vec<crate::store::Record>,
+    /// What to do once they are committed, in order.
+    after: Vec<After>,
+    /// Assignments among `after` (for the dispatch latency).
+    assigns: usize,
+    started: std::time::Instant,
+}
+
+impl Default for Round {
+    fn default() -> Round {
+        Round {
+            messages: 0,
+            records: Vec::new(),
+            after: Vec::new(),
+            assigns: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Round {
+    /// Answer `reply` with `value` after the commit.
+    fn reply<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
+        self.messages += 1;
+        self.after.push(After::Reply(Box::new(move || {
+            let _ = reply.send(value);
+        })));
+    }
+}
+
+/// Something a round does after its commit.
+enum After {
+    /// A scheduler output other than `Persist`.
+    Output(Output),
+    /// A submit is acknowledged: its build and jobs are durable.
+    Submitted(oneshot::Sender<Result<(), String>>),
+    /// An answer to a request.
+    Reply(Box<dyn FnOnce() + Send>),
+}
+
+/// The records of a round with each build, job and cache entry once, in its last
+/// version, at the place it first appeared: a round may change a job several times
+/// (assigned, then started), and one write of its final state is what counts.
+fn coalesce(records: Vec<crate::store::Record>) -> Vec<crate::store::Record> {
+    use crate::store::Record;
+    use std::collections::HashMap;
+    #[derive(PartialEq, Eq, Hash)]
+    enum Key {
+        Build(BuildId),
+        Job(JobId),
+        Cache(Digest, String),
+    }
+    let mut at: HashMap<Key, usize> = HashMap::with_capacity(records.len());
+    let mut out: Vec<Record> = Vec::with_capacity(records.len());
+    for r in records {
+        let key = match &r {
+            Record::Build(b) => Key::Build(b.id),
+            Record::Job(j) => Key::Job(j.id()),
+            Record::Cache(c) => Key::Cache(c.key.clone(), c.repository.clone()),
+        };
+        match at.get(&key) {
+            Some(&i) => out[i] = r,
+            None => {
+                at.insert(key, out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
 }
 
 struct Engine {
@@ -353,18 +455,16 @@ impl Engine {
         self.retry(|| store.commit(records.clone())).await
     }
 
-    async fn message(&mut self, msg: Msg) -> Result<(), StoreError> {
+    /// Handle one message into `round`. Answers wait for the round's commit, so
+    /// nobody hears of a state that is not durable yet.
+    async fn message(&mut self, msg: Msg, round: &mut Round) -> Result<(), StoreError> {
         match msg {
-            Msg::Input(input) => self.step(input).await,
+            Msg::Input(input) => self.handle(input, round),
             Msg::Submit { build, jobs, reply } => {
-                let result = self.step(Input::Submit { build, jobs }).await;
-                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                result
+                self.handle(Input::Submit { build, jobs }, round);
+                round.after.push(After::Submitted(reply));
             }
-            Msg::Notes { build, reply } => {
-                let _ = reply.send(self.scheduler.notes(build));
-                Ok(())
-            }
+            Msg::Notes { build, reply } => round.reply(reply, self.scheduler.notes(build)),
             Msg::MayLog {
                 agent,
                 job,
@@ -382,62 +482,73 @@ impl Engine {
                             .is_some_and(|j| j.attempt() == attempt)
                     }
                 };
-                let _ = reply.send(may);
-                Ok(())
+                round.reply(reply, may);
             }
-            Msg::Active { build, reply } => {
-                let _ = reply.send(self.scheduler.active(build));
-                Ok(())
-            }
-            Msg::Snapshot { reply } => {
-                let _ = reply.send(self.scheduler.snapshot());
-                Ok(())
-            }
+            Msg::Active { build, reply } => round.reply(reply, self.scheduler.active(build)),
+            Msg::Snapshot { reply } => round.reply(reply, self.scheduler.snapshot()),
             Msg::NeedsContext {
                 agent,
                 digest,
                 reply,
-            } => {
-                let _ = reply.send(self.scheduler.needs_context(agent, &digest));
-                Ok(())
-            }
-            Msg::Holding { reply } => {
-                let _ = reply.send(self.scheduler.holding());
-                Ok(())
+            } => round.reply(reply, self.scheduler.needs_context(agent, &digest)),
+            Msg::Holding { reply } => round.reply(reply, self.scheduler.holding()),
+        }
+        Ok(())
+    }
+
+    /// One input through the scheduler: its records join the round's commit, the
+    /// rest of its outputs wait for it.
+    fn handle(&mut self, input: Input, round: &mut Round) {
+        let outputs = self.scheduler.handle(input, now());
+        self.observe(&outputs);
+        round.messages += 1;
+        for output in outputs {
+            match output {
+                Output::Persist(records) => round.records.extend(records),
+                Output::Send {
+                    msg: helix_protocol::wire::CoordinatorToAgent::Assign(_),
+                    ..
+                } => {
+                    round.assigns += 1;
+                    round.after.push(After::Output(output));
+                }
+                output => round.after.push(After::Output(output)),
             }
         }
     }
 
-    /// One input through the scheduler, and its outputs carried out in order.
-    async fn step(&mut self, input: Input) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let outputs = self.scheduler.handle(input, now());
-        let assigns = outputs
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o,
-                    Output::Send {
-                        msg: helix_protocol::wire::CoordinatorToAgent::Assign(_),
-                        ..
+    /// Commit the round's records in one transaction, then act: send, start
+    /// assemblies, announce finished builds and answer requests, in order.
+    async fn finish(&mut self, round: Round) -> Result<(), StoreError> {
+        let Round {
+            records,
+            after,
+            assigns,
+            started,
+            ..
+        } = round;
+        if !records.is_empty() {
+            if let Err(e) = self.persist(coalesce(records)).await {
+                for a in after {
+                    if let After::Submitted(reply) = a {
+                        let _ = reply.send(Err(e.to_string()));
                     }
-                )
-            })
-            .count();
-        self.observe(&outputs);
-        // Consecutive Persist outputs are committed together, in one transaction,
-        // just before the first output that acts on them: one fsync per step instead
-        // of one per record group, and still nothing is sent before it is durable.
-        let mut pending: Vec<crate::store::Record> = Vec::new();
-        for output in outputs {
-            if let Output::Persist(records) = output {
-                pending.extend(records);
-                continue;
+                }
+                return Err(e);
             }
-            if !pending.is_empty() {
-                let records = std::mem::take(&mut pending);
-                self.persist(records).await?;
-            }
+        }
+        for a in after {
+            let output = match a {
+                After::Output(output) => output,
+                After::Submitted(reply) => {
+                    let _ = reply.send(Ok(()));
+                    continue;
+                }
+                After::Reply(reply) => {
+                    reply();
+                    continue;
+                }
+            };
             match output {
                 Output::Persist(_) => {}
                 Output::Send { agent, msg } => {
@@ -477,12 +588,9 @@ impl Engine {
                 }
             }
         }
-        if !pending.is_empty() {
-            self.persist(pending).await?;
-        }
         if assigns > 0 {
-            // From the event that made the jobs placeable to their assignments being
-            // committed and handed to the agents' sessions.
+            // From the round's first event to its assignments being committed and
+            // handed to the agents' sessions.
             let secs = started.elapsed().as_secs_f64();
             for _ in 0..assigns {
                 self.shared.metrics.dispatch_latency.observe(secs);
@@ -549,3 +657,6 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
