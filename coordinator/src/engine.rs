@@ -577,12 +577,9 @@ impl Engine {
                     self.assemblies
                         .spawn(async move { (id, assembler.assemble(&build, &jobs).await) });
                 }
-                Output::BuildDone { build } => {
-                    let store = self.store.clone();
-                    if let Some((_, jobs)) = self.retry(|| store.build_with_jobs(build)).await? {
-                        for j in &jobs {
-                            self.logs.close(j.id());
-                        }
+                Output::BuildDone { build, jobs } => {
+                    for job in jobs {
+                        self.logs.close(job);
                     }
                     let _ = self.done.send(build);
                 }

@@ -118,8 +118,8 @@ pub enum Output {
     },
     /// Fetch the per-platform manifests, check them, push the index.
     Assemble { build: Box<Build>, jobs: Vec<Job> },
-    /// The build reached a terminal state (wake up waiters).
-    BuildDone { build: BuildId },
+    /// The build reached a terminal state (wake up waiters, close its jobs' logs).
+    BuildDone { build: BuildId, jobs: Vec<JobId> },
 }
 
 impl PartialEq for Record {
@@ -831,7 +831,10 @@ impl Scheduler {
                     view.holding.remove(j);
                 }
             }
-            out.push(Output::BuildDone { build: build_id });
+            out.push(Output::BuildDone {
+                build: build_id,
+                jobs: build.jobs.clone(),
+            });
         }
     }
 

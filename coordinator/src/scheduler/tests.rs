@@ -435,7 +435,10 @@ fn build_errors_fail_fast_and_cancel_the_other_platforms() {
         matches!(phase, Some(BuildPhase::Failed { ref reason }) if reason.contains("linux/amd64 failed: exit status 1")),
         "{phase:?}"
     );
-    assert!(out.contains(&Output::BuildDone { build: b.id }));
+    assert!(out.contains(&Output::BuildDone {
+        build: b.id,
+        jobs: b.jobs.clone()
+    }));
     assert!(s.active(b.id).is_none());
 }
 
@@ -474,7 +477,10 @@ fn infrastructure_failures_are_retried_up_to_the_limit() {
         t(3),
     );
     assert!(assigns(&out).is_empty());
-    assert!(out.contains(&Output::BuildDone { build: b.id }));
+    assert!(out.contains(&Output::BuildDone {
+        build: b.id,
+        jobs: b.jobs.clone()
+    }));
 }
 
 #[test]
@@ -508,7 +514,10 @@ fn assembly_completes_the_build_and_cancel_stops_everything() {
         },
         t(3),
     );
-    assert!(out.contains(&Output::BuildDone { build: b.id }));
+    assert!(out.contains(&Output::BuildDone {
+        build: b.id,
+        jobs: b.jobs.clone()
+    }));
 
     let (b2, j2) = build(2, "r", &["linux/amd64", "linux/s390x"], t(4));
     s.handle(
@@ -533,7 +542,10 @@ fn assembly_completes_the_build_and_cancel_stops_everything() {
             reason: "cancelled by admin".into()
         }
     }));
-    assert!(out.contains(&Output::BuildDone { build: b2.id }));
+    assert!(out.contains(&Output::BuildDone {
+        build: b2.id,
+        jobs: b2.jobs.clone()
+    }));
 }
 
 #[test]
@@ -571,9 +583,10 @@ fn a_build_past_its_timeout_fails_and_its_jobs_are_cancelled() {
         },
         t(0),
     );
-    assert!(!s
-        .handle(Input::Tick, t(59))
-        .contains(&Output::BuildDone { build: b.id }));
+    assert!(!s.handle(Input::Tick, t(59)).contains(&Output::BuildDone {
+        build: b.id,
+        jobs: b.jobs.clone()
+    }));
     let out = s.handle(Input::Tick, t(60));
     assert!(
         out.contains(&Output::Send {
@@ -586,7 +599,10 @@ fn a_build_past_its_timeout_fails_and_its_jobs_are_cancelled() {
         }),
         "{out:?}"
     );
-    assert!(out.contains(&Output::BuildDone { build: b.id }));
+    assert!(out.contains(&Output::BuildDone {
+        build: b.id,
+        jobs: b.jobs.clone()
+    }));
     let failed = out.iter().any(|o| matches!(o, Output::Persist(r) if r.iter().any(|r| matches!(r, Record::Build(x) if x.phase == BuildPhase::Failed { reason: "timed out after 1m".into() }))));
     assert!(failed, "{out:?}");
 }
