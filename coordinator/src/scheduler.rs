@@ -839,9 +839,25 @@ impl Scheduler {
     }
 
     /// Give queued jobs to agents, oldest build first.
+    ///
+    /// Runs after every input, so it stops as soon as no agent has a free slot: with
+    /// a backlog (all slots busy, thousands queued) most inputs then cost nothing
+    /// here, instead of a walk of the whole queue against every agent.
     fn dispatch(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        let mut free: u64 = self
+            .agents
+            .values()
+            .filter(|v| v.connected && v.schedulable)
+            .map(|v| u64::from(v.free_slots()))
+            .sum();
+        if free == 0 || self.queue.is_empty() {
+            return;
+        }
         let queued: Vec<QueueKey> = self.queue.iter().cloned().collect();
         for key in queued {
+            if free == 0 {
+                break;
+            }
             let job_id = key.3;
             let Some(job) = self.jobs.get(&job_id) else {
                 self.queue.remove(&key);
@@ -883,6 +899,7 @@ impl Scheduler {
                     agent,
                     msg: CoordinatorToAgent::Assign(Box::new(assignment)),
                 });
+                free -= 1;
             }
         }
     }
