@@ -25,8 +25,10 @@ use helix_protocol::JoinToken;
 const MAX_SHORT_FIELD: usize = 256;
 /// Most platforms and labels an agent may advertise.
 const MAX_ADVERTISED: usize = 64;
-/// Outbound messages queued for one agent before the sender waits.
-const SESSION_QUEUE: usize = 64;
+/// Outbound messages queued for one agent. The engine never waits on a session: one
+/// round can send an agent a few messages per slot (assignments, acknowledgements),
+/// and a session whose queue is still full is closed (the agent reconnects).
+const SESSION_QUEUE: usize = 256;
 
 /// A connection without a client certificate: it may only join with a token.
 pub(crate) async fn serve_join(conn: quinn::Connection, shared: Arc<Shared>) {
@@ -553,8 +555,31 @@ async fn session_loop(
 /// Largest log chunk we take: agents send far smaller ones.
 const MAX_LOG_CHUNK: usize = 1024 * 1024;
 
+/// Whether `agent` may stream the log of `job`'s `attempt`: the engine judges live
+/// jobs; a log of a finished build may arrive after it ended (resent after a
+/// reconnect), and the store says whether that was the job's last attempt.
+async fn may_log(
+    shared: &Shared,
+    agent: AgentId,
+    job: helix_protocol::JobId,
+    attempt: u32,
+    stop: &CancellationToken,
+) -> bool {
+    match shared.engine.may_log(agent, job, attempt).await {
+        Some(may) => may,
+        None => crate::store::retry::while_unavailable(stop, || shared.store.job(job))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.attempt() == attempt),
+    }
+}
+
 /// One job's log stream: [`LogChunk`] frames for one (job, attempt) the agent holds.
 async fn receive_log(mut recv: quinn::RecvStream, agent: AgentId, shared: Arc<Shared>) {
+    // Never cancelled: the session's task set aborts this task when the session (or
+    // the leader term) ends.
+    let stop = CancellationToken::new();
     let mut checked: Option<(helix_protocol::JobId, u32)> = None;
     loop {
         let chunk = match framed::read_frame::<LogChunk>(&mut recv).await {
@@ -566,7 +591,7 @@ async fn receive_log(mut recv: quinn::RecvStream, agent: AgentId, shared: Arc<Sh
             }
         };
         if checked != Some((chunk.job, chunk.attempt)) {
-            if !shared.engine.may_log(agent, chunk.job, chunk.attempt).await {
+            if !may_log(&shared, agent, chunk.job, chunk.attempt, &stop).await {
                 info!(%agent, job = %chunk.job, attempt = chunk.attempt, "dropped a log stream for a job the agent does not hold");
                 let _ = recv.stop(0u32.into());
                 return;
@@ -579,23 +604,14 @@ async fn receive_log(mut recv: quinn::RecvStream, agent: AgentId, shared: Arc<Sh
         }
         // While the database is away (PostgreSQL restarting) hold the stream: the
         // agent's sends wait on QUIC flow control, and nothing is lost.
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match shared
+        let appended = crate::store::retry::while_unavailable(&stop, || {
+            shared
                 .logs
                 .append(chunk.job, chunk.attempt, chunk.offset, chunk.data.clone())
-                .await
-            {
-                Err(crate::logs::LogError::Store(e)) if e.is_transient() => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    warn!("cannot write a build log: {e}");
-                    break;
-                }
-                Ok(_) => break,
-            }
+        })
+        .await;
+        if let Err(e) = appended {
+            warn!("cannot write a build log: {e}");
         }
     }
 }

@@ -73,7 +73,7 @@ enum Msg {
         agent: AgentId,
         job: JobId,
         attempt: u32,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Option<bool>>,
     },
     Active {
         build: BuildId,
@@ -123,7 +123,10 @@ impl EngineHandle {
         rx.await.unwrap_or_default()
     }
 
-    pub(crate) async fn may_log(&self, agent: AgentId, job: JobId, attempt: u32) -> bool {
+    /// Whether `agent` may stream the log of `job`'s `attempt`, if the job is live;
+    /// `None` for a job the scheduler no longer holds (its build ended: the store
+    /// says), `Some(false)` when the engine is gone.
+    pub(crate) async fn may_log(&self, agent: AgentId, job: JobId, attempt: u32) -> Option<bool> {
         let (reply, rx) = oneshot::channel();
         if self
             .tx
@@ -136,9 +139,9 @@ impl EngineHandle {
             .await
             .is_err()
         {
-            return false;
+            return Some(false);
         }
-        rx.await.unwrap_or(false)
+        rx.await.unwrap_or(Some(false))
     }
 
     /// The live state of an active build, if it is active.
@@ -303,17 +306,13 @@ pub(crate) async fn run(
             },
         };
         let mut round = Round::default();
-        let mut result = engine.message(first, &mut round).await;
+        engine.message(first, &mut round);
         // What else is waiting joins the round.
-        while result.is_ok() && round.messages < MAX_BATCH {
+        while round.messages < MAX_BATCH {
             let Ok(msg) = rx.try_recv() else { break };
-            result = engine.message(msg, &mut round).await;
+            engine.message(msg, &mut round);
         }
-        let result = match result {
-            Ok(()) => engine.finish(round).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        if let Err(e) = engine.finish(round).await {
             if !cancel.is_cancelled() {
                 failure.report(&e);
             }
@@ -412,42 +411,15 @@ struct Engine {
     cancel: CancellationToken,
 }
 
-/// First and longest wait between retries of a store operation while the database
-/// is unavailable.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
-
 impl Engine {
     /// Run a store operation, retrying while the database is unavailable, until it
     /// succeeds, fails for another reason, or the term ends.
-    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut wait = RETRY_FIRST;
-        let mut warned = false;
-        loop {
-            match op().await {
-                Err(e) if e.is_transient() => {
-                    if !warned {
-                        warn!("the store is unavailable, retrying until it is back: {e}");
-                        warned = true;
-                    }
-                    tokio::select! {
-                        () = self.cancel.cancelled() => return Err(e),
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(RETRY_MAX);
-                }
-                other => {
-                    if warned && other.is_ok() {
-                        info!("the store is back");
-                    }
-                    return other;
-                }
-            }
-        }
+        crate::store::retry::while_unavailable(&self.cancel, op).await
     }
 
     async fn persist(&self, records: Vec<crate::store::Record>) -> Result<(), StoreError> {
@@ -457,7 +429,7 @@ impl Engine {
 
     /// Handle one message into `round`. Answers wait for the round's commit, so
     /// nobody hears of a state that is not durable yet.
-    async fn message(&mut self, msg: Msg, round: &mut Round) -> Result<(), StoreError> {
+    fn message(&mut self, msg: Msg, round: &mut Round) {
         match msg {
             Msg::Input(input) => self.handle(input, round),
             Msg::Submit { build, jobs, reply } => {
@@ -470,20 +442,7 @@ impl Engine {
                 job,
                 attempt,
                 reply,
-            } => {
-                // Live jobs are the scheduler's to judge; a job of a finished build is
-                // judged from the store (its log may arrive after it ended).
-                let may = match self.scheduler.may_log(agent, job, attempt) {
-                    Some(may) => may,
-                    None => {
-                        let store = self.store.clone();
-                        self.retry(|| store.job(job))
-                            .await?
-                            .is_some_and(|j| j.attempt() == attempt)
-                    }
-                };
-                round.reply(reply, may);
-            }
+            } => round.reply(reply, self.scheduler.may_log(agent, job, attempt)),
             Msg::Active { build, reply } => round.reply(reply, self.scheduler.active(build)),
             Msg::Snapshot { reply } => round.reply(reply, self.scheduler.snapshot()),
             Msg::NeedsContext {
@@ -493,7 +452,6 @@ impl Engine {
             } => round.reply(reply, self.scheduler.needs_context(agent, &digest)),
             Msg::Holding { reply } => round.reply(reply, self.scheduler.holding()),
         }
-        Ok(())
     }
 
     /// One input through the scheduler: its records join the round's commit, the
@@ -552,21 +510,31 @@ impl Engine {
             match output {
                 Output::Persist(_) => {}
                 Output::Send { agent, msg } => {
-                    let tx = self
+                    let session = self
                         .shared
                         .sessions
                         .lock()
                         .expect("sessions lock poisoned")
                         .get(&agent)
-                        .map(|h| h.tx.clone());
-                    match tx {
-                        // The session writes promptly; if its queue is full it is stuck
-                        // and will be dropped, which the scheduler hears as AgentDown.
-                        Some(tx) => {
-                            if tx.try_send(msg).is_err() {
-                                warn!(%agent, "agent session queue full or closed; message dropped");
+                        .map(|h| (h.tx.clone(), h.conn.clone()));
+                    match session {
+                        Some((tx, conn)) => match tx.try_send(msg) {
+                            Ok(()) => {}
+                            // A session that does not keep up must not lose a message
+                            // silently (an assignment the agent never hears of would sit
+                            // until the build times out): close it. The scheduler hears
+                            // AgentDown; the agent reconnects and says what it holds.
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                warn!(%agent, "agent session queue full; closing the session so the agent reconnects");
+                                conn.close(
+                                    helix_protocol::wire::close::TOO_SLOW.into(),
+                                    b"not reading its messages; reconnect",
+                                );
                             }
-                        }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                info!(%agent, "agent session ended; message dropped");
+                            }
+                        },
                         None => info!(%agent, "agent not connected; message dropped"),
                     }
                 }

@@ -19,6 +19,7 @@ pub mod lease;
 mod migrations;
 mod postgres;
 mod redb;
+pub(crate) mod retry;
 
 use std::path::Path;
 

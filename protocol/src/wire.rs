@@ -51,6 +51,8 @@ pub mod close {
     pub const GOING_AWAY: u32 = 5;
     /// A newer connection of the same agent replaced this one.
     pub const REPLACED: u32 = 6;
+    /// The peer did not read its messages in time; reconnect and resynchronize.
+    pub const TOO_SLOW: u32 = 7;
 }
 
 /// Why a request was refused. Each code has a matching message for a person.
