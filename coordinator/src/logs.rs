@@ -7,7 +7,9 @@
 //! already have (a resend after a reconnect) is trimmed, so nothing is stored twice.
 //! How much of each attempt's stream is stored survives a restart: in the database,
 //! or beside a log file in `<job>.pos` (an agent resends a log from its start after
-//! reconnecting, and a restarted coordinator must not store it twice).
+//! reconnecting, and a restarted coordinator must not store it twice). Log files are
+//! not fsynced (a build's output is not worth a disk flush per chunk): after a
+//! machine crash, rather than a process crash, a chunk may be missing or repeated.
 //! A log is capped at [`MAX_LOG_BYTES`]: past it the oldest part is dropped, because
 //! the end of a log is where a failure is explained.
 //! Followers (`build logs --follow`) are woken through a watch channel per job.
@@ -15,7 +17,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use helix_protocol::JobId;
 use tokio::sync::watch;
@@ -100,6 +102,16 @@ enum Storage {
 pub struct Logs {
     storage: Storage,
     open: Mutex<HashMap<(JobId, u32), JobLog>>,
+    /// One writer at a time per job file (a replaced session's stream may still be
+    /// appending when the agent's new one starts): a lock per job, striped.
+    writers: Arc<[Mutex<()>]>,
+}
+
+/// Locks of [`Logs::writers`]; jobs sharing one only wait for each other briefly.
+const WRITER_STRIPES: usize = 64;
+
+fn writer_locks() -> Arc<[Mutex<()>]> {
+    (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect()
 }
 
 impl Logs {
@@ -109,6 +121,7 @@ impl Logs {
         Ok(Logs {
             storage: Storage::Files(dir.to_path_buf()),
             open: Mutex::new(HashMap::new()),
+            writers: writer_locks(),
         })
     }
 
@@ -117,6 +130,7 @@ impl Logs {
         Logs {
             storage: Storage::Store(store),
             open: Mutex::new(HashMap::new()),
+            writers: writer_locks(),
         }
     }
 
@@ -139,7 +153,7 @@ impl Logs {
     fn advanced(&self, job: JobId, attempt: u32, stream_end: u64) {
         let mut map = self.open.lock().expect("logs lock poisoned");
         let log = Self::entry(&mut map, job, attempt);
-        log.received = Some(stream_end);
+        log.received = Some(log.received.unwrap_or(0).max(stream_end));
         log.tx.send_modify(|n| *n += 1);
     }
 
@@ -155,13 +169,13 @@ impl Logs {
     ) -> Result<usize, LogError> {
         match &self.storage {
             Storage::Files(dir) => {
-                let (dir, known) = (dir.clone(), self.received(job, attempt));
+                let (dir, writers) = (dir.clone(), self.writers.clone());
+                let stripe = usize::from(job.as_bytes()[15]) % WRITER_STRIPES;
                 let outcome = tokio::task::spawn_blocking(move || {
+                    let _one_writer = writers[stripe].lock().expect("log writer lock poisoned");
                     let positions = Positions::path(&dir, job);
-                    let received = match known {
-                        Some(received) => received,
-                        None => Positions::read(&positions, attempt)?,
-                    };
+                    // Read under the lock: another stream may have just written.
+                    let received = Positions::read(&positions, attempt)?;
                     let Some(piece) = plan(received, attempt, offset, &data) else {
                         return Ok::<_, std::io::Error>((0, received));
                     };
