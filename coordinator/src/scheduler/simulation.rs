@@ -470,6 +470,23 @@ impl World {
                 "queued job {job} is not Queued"
             );
         }
+        // Work-conserving: no queued job waits while an agent could take it.
+        for key in &self.sched.queue {
+            let Some(job) = self.sched.jobs.get(&key.3) else {
+                continue;
+            };
+            if let Some((agent, _)) = self
+                .sched
+                .agents
+                .iter()
+                .find(|(_, v)| v.can_take(job.platform()))
+            {
+                panic!(
+                    "queued job {} waits while {agent} has a free slot for it",
+                    key.3
+                );
+            }
+        }
     }
 
     /// Bring every agent up, finish everything, and let time pass: every build must
