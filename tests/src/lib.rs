@@ -310,7 +310,7 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long an admin command may run: [`WAIT_TIMEOUT`] for those that wait.
 fn admin_timeout(args: &[&str]) -> Duration {
-    let waits = |a: &&str| matches!(*a, "wait" | "--wait" | "drain" | "--follow" | "-f");
+    let waits = |a: &&str| matches!(*a, "wait" | "--wait" | "drain" | "--follow");
     if args.iter().any(waits) {
         WAIT_TIMEOUT
     } else {

@@ -203,12 +203,15 @@ fn a_result_produced_while_the_coordinator_is_down_is_delivered_after_restart() 
     assert_eq!(job["attempt"], 1, "delivered, not rebuilt: {job:#}");
     assert_eq!(job["history"].as_array().map(Vec::len), Some(0));
     // After reconnecting the agent resends the whole log; the restarted coordinator
-    // keeps what it had and stores the rest once.
-    let logs = cluster
-        .coordinator
-        .admin(&["build", "logs", &id])
-        .ok()
-        .stdout;
+    // keeps what it had and stores the rest once. The result can arrive before the
+    // log: wait for a line written after the kill (a log is sent in order, so its
+    // resent start is stored by then).
+    let logs = wait_for(Duration::from_secs(60), "the rest of the log", || {
+        let logs = cluster.coordinator.query(&["build", "logs", &id]).stdout;
+        logs.lines()
+            .any(|l| l.starts_with("COMMIT helix-"))
+            .then_some(logs)
+    });
     let once = |line: &str| logs.lines().filter(|l| *l == line).count() == 1;
     assert!(
         once("while-down-marker") && once("STEP 1/3: FROM scratch"),
