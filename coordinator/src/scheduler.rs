@@ -854,6 +854,9 @@ impl Scheduler {
             return;
         }
         let queued: Vec<QueueKey> = self.queue.iter().cloned().collect();
+        // Platforms no agent could take in this pass: they stay so until it ends
+        // (assignments only use slots up), so their other jobs are skipped unlooked.
+        let mut unplaceable: Vec<Platform> = Vec::new();
         for key in queued {
             if free == 0 {
                 break;
@@ -863,6 +866,9 @@ impl Scheduler {
                 self.queue.remove(&key);
                 continue;
             };
+            if unplaceable.contains(job.platform()) {
+                continue;
+            }
             let Some(build) = self.builds.get(&job.build()) else {
                 continue;
             };
@@ -885,7 +891,10 @@ impl Scheduler {
                         .then(a_id.cmp(b_id))
                 })
                 .map(|(id, _)| *id);
-            let Some(agent) = best else { continue };
+            let Some(agent) = best else {
+                unplaceable.push(platform);
+                continue;
+            };
             self.queue.remove(&key);
             let assignment = assignment_for(build, job);
             if self.apply(job_id, JobEvent::Assign { agent, at: now }, out) {
