@@ -421,7 +421,7 @@ async fn serve_inner(
                 held,
                 builder,
             };
-            if shared.engine.input(up).await.is_err() {
+            if shared.engine.session(session, up).await.is_err() {
                 Ok("coordinator shutting down")
             } else {
                 session_loop(&conn, id, &shared, &cancel, &mut send, &mut recv, &mut rx).await
@@ -444,7 +444,10 @@ async fn serve_inner(
         current
     };
     if current {
-        let _ = shared.engine.input(Input::AgentDown { agent: id }).await;
+        let _ = shared
+            .engine
+            .session(session, Input::AgentDown { agent: id })
+            .await;
     }
     let _ = shared
         .store

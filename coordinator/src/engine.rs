@@ -48,6 +48,11 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum Msg {
     Input(Input),
+    /// `Input::AgentUp` or `Input::AgentDown` from session `session` of the agent.
+    Session {
+        session: u64,
+        input: Input,
+    },
     Snapshot {
         reply: oneshot::Sender<crate::scheduler::Snapshot>,
     },
@@ -97,6 +102,17 @@ impl EngineHandle {
     pub(crate) async fn input(&self, input: Input) -> Result<(), EngineGone> {
         self.tx
             .send(Msg::Input(input))
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    /// `Input::AgentUp` or `Input::AgentDown` from an agent's session `session`
+    /// (numbered in the order sessions start). After an `AgentUp` the engine's
+    /// messages for the agent go to that session only; an `AgentDown` of a session
+    /// older than the one the scheduler heard last is stale and ignored.
+    pub(crate) async fn session(&self, session: u64, input: Input) -> Result<(), EngineGone> {
+        self.tx
+            .send(Msg::Session { session, input })
             .await
             .map_err(|_| EngineGone)
     }
@@ -254,6 +270,7 @@ pub(crate) async fn run(
         logs: shared.logs.clone(),
         assembler: shared.assembler.clone(),
         assemblies: JoinSet::new(),
+        up: std::collections::HashMap::new(),
         done,
         cancel: cancel.clone(),
     };
@@ -360,7 +377,14 @@ impl Round {
 
 /// Something a round does after its commit.
 enum After {
-    /// A scheduler output other than `Persist`.
+    /// A message for the agent's session `session` (the one whose `AgentUp` the
+    /// scheduler had heard when it decided).
+    Send {
+        agent: AgentId,
+        session: Option<u64>,
+        msg: helix_protocol::wire::CoordinatorToAgent,
+    },
+    /// A scheduler output other than `Persist` and `Send`.
     Output(Output),
     /// A submit is acknowledged: its build and jobs are durable.
     Submitted(oneshot::Sender<Result<(), String>>),
@@ -406,6 +430,11 @@ struct Engine {
     logs: Arc<Logs>,
     assembler: Arc<Assembler>,
     assemblies: JoinSet<(BuildId, Result<Digest, String>)>,
+    /// The session of each agent whose `AgentUp` the scheduler has heard: what it
+    /// decides for an agent is for that session. A newer session that registered
+    /// before its own `AgentUp` was handled gets nothing meant for the old one (the
+    /// scheduler reconciles what the agent holds when it hears the new session).
+    up: std::collections::HashMap<AgentId, u64>,
     done: broadcast::Sender<BuildId>,
     /// Ends the leader term (or the process); stops retries.
     cancel: CancellationToken,
@@ -432,6 +461,23 @@ impl Engine {
     fn message(&mut self, msg: Msg, round: &mut Round) {
         match msg {
             Msg::Input(input) => self.handle(input, round),
+            Msg::Session { session, input } => {
+                match &input {
+                    Input::AgentUp { agent, .. } => {
+                        self.up.insert(*agent, session);
+                    }
+                    Input::AgentDown { agent } => {
+                        if self.up.get(agent).is_some_and(|&up| up > session) {
+                            // A newer session is up already: this one's end changes nothing.
+                            round.messages += 1;
+                            return;
+                        }
+                        self.up.remove(agent);
+                    }
+                    _ => {}
+                }
+                self.handle(input, round);
+            }
             Msg::Submit { build, jobs, reply } => {
                 self.handle(Input::Submit { build, jobs }, round);
                 round.after.push(After::Submitted(reply));
@@ -463,12 +509,18 @@ impl Engine {
         for output in outputs {
             match output {
                 Output::Persist(records) => round.records.extend(records),
-                Output::Send {
-                    msg: helix_protocol::wire::CoordinatorToAgent::Assign(_),
-                    ..
-                } => {
-                    round.assigns += 1;
-                    round.after.push(After::Output(output));
+                Output::Send { agent, msg } => {
+                    if matches!(msg, helix_protocol::wire::CoordinatorToAgent::Assign(_)) {
+                        round.assigns += 1;
+                    }
+                    // For the session the scheduler knows now, not one that comes up
+                    // later in the round.
+                    let session = self.up.get(&agent).copied();
+                    round.after.push(After::Send {
+                        agent,
+                        session,
+                        msg,
+                    });
                 }
                 output => round.after.push(After::Output(output)),
             }
@@ -497,6 +549,14 @@ impl Engine {
         }
         for a in after {
             let output = match a {
+                After::Send {
+                    agent,
+                    session,
+                    msg,
+                } => {
+                    self.send(agent, session, msg);
+                    continue;
+                }
                 After::Output(output) => output,
                 After::Submitted(reply) => {
                     let _ = reply.send(Ok(()));
@@ -508,36 +568,8 @@ impl Engine {
                 }
             };
             match output {
-                Output::Persist(_) => {}
-                Output::Send { agent, msg } => {
-                    let session = self
-                        .shared
-                        .sessions
-                        .lock()
-                        .expect("sessions lock poisoned")
-                        .get(&agent)
-                        .map(|h| (h.tx.clone(), h.conn.clone()));
-                    match session {
-                        Some((tx, conn)) => match tx.try_send(msg) {
-                            Ok(()) => {}
-                            // A session that does not keep up must not lose a message
-                            // silently (an assignment the agent never hears of would sit
-                            // until the build times out): close it. The scheduler hears
-                            // AgentDown; the agent reconnects and says what it holds.
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                warn!(%agent, "agent session queue full; closing the session so the agent reconnects");
-                                conn.close(
-                                    helix_protocol::wire::close::TOO_SLOW.into(),
-                                    b"not reading its messages; reconnect",
-                                );
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {
-                                info!(%agent, "agent session ended; message dropped");
-                            }
-                        },
-                        None => info!(%agent, "agent not connected; message dropped"),
-                    }
-                }
+                // Taken apart in `handle`: records into the commit, sends as `After::Send`.
+                Output::Persist(_) | Output::Send { .. } => {}
                 Output::Assemble { build, jobs } => {
                     let assembler = self.assembler.clone();
                     let id = build.id;
@@ -562,6 +594,45 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Hand `msg` to the agent's session `session`; the session writes it promptly.
+    fn send(
+        &self,
+        agent: AgentId,
+        session: Option<u64>,
+        msg: helix_protocol::wire::CoordinatorToAgent,
+    ) {
+        let session = self
+            .shared
+            .sessions
+            .lock()
+            .expect("sessions lock poisoned")
+            .get(&agent)
+            .filter(|h| session.is_some_and(|s| s == h.session))
+            .map(|h| (h.tx.clone(), h.conn.clone()));
+        match session {
+            Some((tx, conn)) => match tx.try_send(msg) {
+                Ok(()) => {}
+                // A session that does not keep up must not lose a message
+                // silently (an assignment the agent never hears of would sit
+                // until the build times out): close it. The scheduler hears
+                // AgentDown; the agent reconnects and says what it holds.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(%agent, "agent session queue full; closing the session so the agent reconnects");
+                    conn.close(
+                        helix_protocol::wire::close::TOO_SLOW.into(),
+                        b"not reading its messages; reconnect",
+                    );
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    info!(%agent, "agent session ended; message dropped");
+                }
+            },
+            None => {
+                info!(%agent, "agent not connected (or reconnecting); message dropped")
+            }
+        }
     }
 
     /// Counters and histograms from the job records about to be persisted.
