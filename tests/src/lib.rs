@@ -241,11 +241,32 @@ pub fn run(program: &Path, args: &[String], envs: &[(&str, &str)], timeout: Dura
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-    // Read both pipes while waiting: a child writing more than a pipe holds
-    // (64 KiB) would otherwise block until the timeout.
+    let (status, stdout, stderr) = wait_output(child, timeout);
+    let Some(status) = status else {
+        panic!(
+            "{} {args:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+            program.display(),
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Ran::from(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Wait up to `timeout` for `child` (spawned with both output pipes), reading the
+/// pipes meanwhile: a child writing more than a pipe holds (64 KiB) would otherwise
+/// block until the timeout. Killed when the time is up (the status is then `None`).
+pub fn wait_output(
+    mut child: Child,
+    timeout: Duration,
+) -> (Option<std::process::ExitStatus>, Vec<u8>, Vec<u8>) {
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -259,26 +280,23 @@ pub fn run(program: &Path, args: &[String], envs: &[(&str, &str)], timeout: Dura
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let start = Instant::now();
     let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if start.elapsed() <= timeout => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
         }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} {args:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
-                program.display(),
-                String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
-                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
     };
-    Ran::from(Output {
+    (
         status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    )
 }
 
 /// A coordinator: its data dir, and the running process when started.

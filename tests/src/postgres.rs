@@ -15,7 +15,6 @@
 //! by the pid in `postmaster.pid` if that failed) and removes its dir. A test that
 //! panics gets the tail of the server log printed.
 
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -622,39 +621,20 @@ fn run(mut cmd: Command, timeout: Duration) -> anyhow::Result<Output> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .with_context(|| format!("run {program} (see the `{PACKAGE}` package)"))?;
-    let reader = |stream: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut s) = stream {
-                let _ = s.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let stdout = reader(child.stdout.take().map(|s| Box::new(s) as _));
-    let stderr = reader(child.stderr.take().map(|s| Box::new(s) as _));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("wait for a child")? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "{program} {:?} did not finish within {timeout:?}",
-                cmd.get_args()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let (status, stdout, stderr) = crate::wait_output(child, timeout);
+    let Some(status) = status else {
+        bail!(
+            "{program} {:?} did not finish within {timeout:?}",
+            cmd.get_args()
+        );
     };
     Ok(Output {
         status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+        stdout,
+        stderr,
     })
 }
 
