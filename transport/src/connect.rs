@@ -95,6 +95,7 @@ pub fn describe_close(e: &quinn::ConnectionError) -> String {
                 close::REVOKED => "agent revoked",
                 close::GOING_AWAY => "the peer is going away",
                 close::REPLACED => "replaced by a newer connection",
+                close::TOO_SLOW => "too slow to read its messages",
                 _ => "closed by the peer",
             };
             format!("{what} (code {code}: {reason})")

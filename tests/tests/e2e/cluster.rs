@@ -391,3 +391,108 @@ fn agent_certificates_are_renewed_before_they_expire() {
         },
     );
 }
+
+#[test]
+fn an_agent_that_stops_reading_is_disconnected_not_silently_starved() {
+    use helix_protocol::wire::{AgentToCoordinator, PROTOCOL_VERSION};
+    use helix_transport::{connect, framed, tls};
+
+    let root = tmp();
+    let mut c = Coordinator::init(root.path(), "coord", "test");
+    c.start(&["--allow-file-repos"]);
+    let a = Agent::new(root.path(), "slow");
+    a.join(c.addr(), &c.token(&[])).ok();
+    let creds = Creds::agent(&a.dir);
+    // Twenty platforms a build may ask for at once, so a few builds make many jobs.
+    let arches = [
+        "386", "amd64", "arm64", "ppc64le", "s390x", "riscv64", "mips64le", "mips64", "mipsle",
+        "mips", "ppc64", "loong64", "sparc64", "arm64be", "armbe", "ppc", "riscv", "s390", "sparc",
+        "wasm",
+    ];
+    let platforms: Vec<String> = arches.iter().map(|a| format!("linux/{a}")).collect();
+    let repo = helix_tests::git_repo(
+        &root.path().join("repo"),
+        &[("Dockerfile", b"FROM scratch\n")],
+    );
+
+    // An agent that says Hello for all of them with room for 1,000 jobs, then reads
+    // nothing: its 2 KiB stream window fills after a few assignments.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (endpoint, conn, _streams) = rt.block_on(async {
+        let client = tls::client_config(&creds.ca_pem, &creds.cert_pem, &creds.key_pem)
+            .expect("client config");
+        let mut quic =
+            tls::quinn_client_config(client, Duration::from_secs(30), Duration::from_secs(2))
+                .expect("quic");
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .stream_receive_window(quinn::VarInt::from_u32(2048))
+            .keep_alive_interval(Some(Duration::from_secs(2)))
+            .max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("idle")));
+        quic.transport_config(std::sync::Arc::new(transport));
+        let (sock, _) = connect::resolve(c.addr()).await.expect("resolve");
+        let endpoint = connect::client_endpoint(sock).expect("endpoint");
+        let conn = connect::connect(&endpoint, c.addr(), quic)
+            .await
+            .expect("handshake");
+        let (mut send, recv) = conn.open_bi().await.expect("stream");
+        let hello = AgentToCoordinator::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "test".into(),
+            platforms: platforms
+                .iter()
+                .map(|p| p.parse().expect("platform"))
+                .collect(),
+            capacity: 1000,
+            labels: Default::default(),
+            builder: "buildah".into(),
+            held: vec![],
+        };
+        framed::write_frame(&mut send, &hello).await.expect("hello");
+        (endpoint, conn, (send, recv))
+    });
+    wait_for(
+        Duration::from_secs(60),
+        "the raw agent to be connected",
+        || {
+            find_agent(&c.agents(), "slow")
+                .filter(|a| a["connected"] == true)
+                .map(|_| ())
+        },
+    );
+    // 15 builds x 20 platforms: 300 assignments for an agent that reads none.
+    let all = platforms.join(",");
+    for i in 0..15 {
+        c.submit(&repo, &all, &format!("127.0.0.1:1/slow/app:v{i}"), &[]);
+    }
+    let closed = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), conn.closed())
+            .await
+            .map(|e| connect::describe_close(&e))
+    });
+    let closed = closed.expect("the coordinator closes the connection");
+    assert!(
+        closed.contains(&format!("code {}", close::TOO_SLOW)),
+        "closed for being too slow, not starved in silence: {closed}"
+    );
+    assert!(
+        c.log()
+            .contains("agent session queue full; closing the session"),
+        "{}",
+        c.log()
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the agent to show as disconnected",
+        || {
+            find_agent(&c.agents(), "slow")
+                .filter(|a| a["connected"] == false)
+                .map(|_| ())
+        },
+    );
+    endpoint.close(0u32.into(), b"");
+}
