@@ -384,8 +384,10 @@ enum After {
         session: Option<u64>,
         msg: helix_protocol::wire::CoordinatorToAgent,
     },
-    /// A scheduler output other than `Persist` and `Send`.
-    Output(Output),
+    /// Start assembling a build's index.
+    Assemble { build: Box<Build>, jobs: Vec<Job> },
+    /// A build ended: close its jobs' logs, wake its waiters.
+    BuildDone { build: BuildId, jobs: Vec<JobId> },
     /// A submit is acknowledged: its build and jobs are durable.
     Submitted(oneshot::Sender<Result<(), String>>),
     /// An answer to a request.
@@ -522,7 +524,12 @@ impl Engine {
                         msg,
                     });
                 }
-                output => round.after.push(After::Output(output)),
+                Output::Assemble { build, jobs } => {
+                    round.after.push(After::Assemble { build, jobs });
+                }
+                Output::BuildDone { build, jobs } => {
+                    round.after.push(After::BuildDone { build, jobs });
+                }
             }
         }
     }
@@ -548,41 +555,29 @@ impl Engine {
             }
         }
         for a in after {
-            let output = match a {
+            match a {
                 After::Send {
                     agent,
                     session,
                     msg,
-                } => {
-                    self.send(agent, session, msg);
-                    continue;
-                }
-                After::Output(output) => output,
-                After::Submitted(reply) => {
-                    let _ = reply.send(Ok(()));
-                    continue;
-                }
-                After::Reply(reply) => {
-                    reply();
-                    continue;
-                }
-            };
-            match output {
-                // Taken apart in `handle`: records into the commit, sends as `After::Send`.
-                Output::Persist(_) | Output::Send { .. } => {}
-                Output::Assemble { build, jobs } => {
+                } => self.send(agent, session, msg),
+                After::Assemble { build, jobs } => {
                     let assembler = self.assembler.clone();
                     let id = build.id;
                     info!(build = %id, "assembling the image index");
                     self.assemblies
                         .spawn(async move { (id, assembler.assemble(&build, &jobs).await) });
                 }
-                Output::BuildDone { build, jobs } => {
+                After::BuildDone { build, jobs } => {
                     for job in jobs {
                         self.logs.close(job);
                     }
                     let _ = self.done.send(build);
                 }
+                After::Submitted(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+                After::Reply(reply) => reply(),
             }
         }
         if assigns > 0 {
