@@ -540,6 +540,23 @@ impl Coordinator {
             .expect("agents list --json is a JSON array")
     }
 
+    /// Poll `agents list` until agent `name`'s row satisfies `ready` (within
+    /// `within`, else panic naming `what`); that row.
+    #[track_caller]
+    pub fn wait_agent(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(within, what, || {
+            find_agent(&self.agents(), name)
+                .filter(|a| ready(a))
+                .cloned()
+        })
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -918,11 +935,12 @@ impl BuildCluster {
             started.push(agent);
         }
         for agent in &started {
-            wait_for(Duration::from_secs(60), "agents to connect", || {
-                find_agent(&coordinator.agents(), &agent.name)
-                    .filter(|a| a["connected"] == true)
-                    .map(|_| ())
-            });
+            coordinator.wait_agent(
+                &agent.name,
+                Duration::from_secs(60),
+                "agents to connect",
+                |a| a["connected"] == true,
+            );
         }
         BuildCluster {
             registry,

@@ -38,11 +38,12 @@ fn cluster_with_agent(
     let mut a = Agent::new(root, "agent-1");
     a.join(c.addr(), &token).ok();
     a.start(agent_flags);
-    wait_for(Duration::from_secs(60), "the agent to connect", || {
-        find_agent(&c.agents(), "agent-1")
-            .filter(|a| a["connected"] == true)
-            .map(|_| ())
-    });
+    c.wait_agent(
+        "agent-1",
+        Duration::from_secs(60),
+        "the agent to connect",
+        |a| a["connected"] == true,
+    );
     (c, a)
 }
 
@@ -76,11 +77,12 @@ fn an_agent_enrols_and_is_listed_with_its_platforms() {
         "rack=a1",
     ]);
     let started = std::time::Instant::now();
-    let agent = wait_for(Duration::from_secs(60), "the agent in agents list", || {
-        find_agent(&c.agents(), "agent-1")
-            .filter(|a| a["connected"] == true)
-            .cloned()
-    });
+    let agent = c.wait_agent(
+        "agent-1",
+        Duration::from_secs(60),
+        "the agent in agents list",
+        |a| a["connected"] == true,
+    );
     eprintln!("agent listed after {:?}", started.elapsed());
     assert_eq!(
         agent["platforms"],
@@ -285,11 +287,12 @@ fn wrong_roles_versions_and_bad_frames_are_refused() {
 
     // The coordinator still serves, and the real agent was not disturbed by a raw
     // connection that used its certificate.
-    wait_for(Duration::from_secs(60), "the agent to be connected", || {
-        find_agent(&c.agents(), &agent.name)
-            .filter(|a| a["connected"] == true)
-            .map(|_| ())
-    });
+    c.wait_agent(
+        &agent.name,
+        Duration::from_secs(60),
+        "the agent to be connected",
+        |a| a["connected"] == true,
+    );
 }
 
 #[test]
@@ -334,14 +337,11 @@ fn agents_come_back_after_the_coordinator_is_killed_and_restarted() {
     std::thread::sleep(Duration::from_millis(500));
     c.restart();
     let restarted = std::time::Instant::now();
-    wait_for(
+    c.wait_agent(
+        "agent-1",
         Duration::from_secs(30),
         "the agent to reconnect after the restart",
-        || {
-            find_agent(&c.agents(), "agent-1")
-                .filter(|a| a["connected"] == true)
-                .map(|_| ())
-        },
+        |a| a["connected"] == true,
     );
     eprintln!("agent back {:?} after the restart", restarted.elapsed());
     assert!(agent.proc().is_running(), "the agent was not restarted");
@@ -381,14 +381,11 @@ fn agent_certificates_are_renewed_before_they_expire() {
     // Past the first certificate's expiry the agent still connects with the new one:
     // kill its session by restarting the coordinator and watch it come back.
     std::thread::sleep(Duration::from_secs(2));
-    wait_for(
+    c.wait_agent(
+        "agent-1",
         Duration::from_secs(30),
         "the agent to stay connected",
-        || {
-            find_agent(&c.agents(), "agent-1")
-                .filter(|a| a["connected"] == true)
-                .map(|_| ())
-        },
+        |a| a["connected"] == true,
     );
 }
 
@@ -455,14 +452,11 @@ fn an_agent_that_stops_reading_is_disconnected_not_silently_starved() {
         framed::write_frame(&mut send, &hello).await.expect("hello");
         (endpoint, conn, (send, recv))
     });
-    wait_for(
+    c.wait_agent(
+        "slow",
         Duration::from_secs(60),
         "the raw agent to be connected",
-        || {
-            find_agent(&c.agents(), "slow")
-                .filter(|a| a["connected"] == true)
-                .map(|_| ())
-        },
+        |a| a["connected"] == true,
     );
     // 15 builds x 20 platforms: 300 assignments for an agent that reads none.
     let all = platforms.join(",");
@@ -485,14 +479,11 @@ fn an_agent_that_stops_reading_is_disconnected_not_silently_starved() {
         "{}",
         c.log()
     );
-    wait_for(
+    c.wait_agent(
+        "slow",
         Duration::from_secs(30),
         "the agent to show as disconnected",
-        || {
-            find_agent(&c.agents(), "slow")
-                .filter(|a| a["connected"] == false)
-                .map(|_| ())
-        },
+        |a| a["connected"] == false,
     );
     endpoint.close(0u32.into(), b"");
 }

@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use helix_tests::postgres::Postgres;
-use helix_tests::{
-    find_agent, path, require_tool, sleepy_repo, wait_for, Agent, Coordinator, Registry,
-};
+use helix_tests::{path, require_tool, sleepy_repo, wait_for, Agent, Coordinator, Registry};
 
 /// PostgreSQL, a registry, coordinators sharing the store, and agents that were
 /// told only the first coordinator's address (they learn the others from it).
@@ -68,11 +66,12 @@ impl HaCluster {
             started.push(agent);
         }
         for agent in &started {
-            wait_for(Duration::from_secs(60), "agents to connect", || {
-                find_agent(&coords[0].agents(), &agent.name)
-                    .filter(|a| a["connected"] == true)
-                    .map(|_| ())
-            });
+            coords[0].wait_agent(
+                &agent.name,
+                Duration::from_secs(60),
+                "agents to connect",
+                |a| a["connected"] == true,
+            );
         }
         // The leader tells its agents every coordinator it sees heartbeat (checked
         // each lease-renew): wait until each agent has learned them all.
@@ -196,11 +195,12 @@ fn kill9_of_the_leader_hands_over_and_every_build_succeeds_once() {
     );
     // The agents were told only c1's address: they learnt c2 from it.
     for agent in &cluster.agents {
-        wait_for(Duration::from_secs(60), "agents to reconnect to c2", || {
-            find_agent(&cluster.coords[1].agents(), &agent.name)
-                .filter(|a| a["connected"] == true)
-                .map(|_| ())
-        });
+        cluster.coords[1].wait_agent(
+            &agent.name,
+            Duration::from_secs(60),
+            "agents to reconnect to c2",
+            |a| a["connected"] == true,
+        );
     }
     for id in &ids {
         let out = cluster.coords[1].admin(&["build", "wait", id, "--json"]);

@@ -245,11 +245,12 @@ fn drain_lets_the_running_job_finish_and_gives_no_new_work() {
     let c = &cluster.coordinator;
     let drain = std::thread::scope(|scope| {
         let drain = scope.spawn(|| c.admin(&["agents", "drain", "amd64-1"]));
-        wait_for(Duration::from_secs(60), "the agent to be draining", || {
-            find_agent(&c.agents(), "amd64-1")
-                .filter(|a| a["state"] == "Draining")
-                .map(|_| ())
-        });
+        c.wait_agent(
+            "amd64-1",
+            Duration::from_secs(60),
+            "the agent to be draining",
+            |a| a["state"] == "Draining",
+        );
         let second = cluster.submit(&repo, "linux/amd64", &cluster.image("faults/drain:v2"), &[]);
         let human = c.admin(&["build", "get", &second]).ok().stdout;
         assert!(
@@ -412,14 +413,11 @@ fn a_short_network_cut_keeps_the_job_and_a_long_one_moves_it() {
     // Bring the first agent back: it reports its finished attempt 1, which is stale.
     net.lab.restore(host);
     let first_agent = &net.agents[host - 1];
-    wait_for(
+    net.coordinator.wait_agent(
+        &first_agent.name,
         Duration::from_secs(30),
         "the first agent to come back",
-        || {
-            find_agent(&net.coordinator.agents(), &first_agent.name)
-                .filter(|a| a["connected"] == true)
-                .map(|_| ())
-        },
+        |a| a["connected"] == true,
     );
     // Its result for attempt 1 (whatever it was) is reported, acknowledged and dropped.
     let results = first_agent.dir.join("results");
